@@ -1,0 +1,150 @@
+"""The ensemble router: HTTP ingress that fans out to the members and combines their answers.
+
+Thin by design: parsing is `ensemble.validation`, fan-out and combining `ensemble.fanout`;
+this class wires them to Serve handles, FastAPI routes and Ray metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.util import metrics
+
+from ensemble.config import GraphArgs, deployment_name
+from ensemble.fanout import CallOutcome, EnsemblePredictor
+from ensemble.schemas import BatchPrediction, ErrorBody, Prediction, PredictRequest
+from ensemble.validation import Limits, RequestError, parse_predict
+from deployments.openapi import json_body, install_schemas
+
+app = FastAPI(
+    title="Ensemble model server",
+    version="1",
+    description="A trust-weighted ensemble of forecasting models, each its own Ray Serve deployment.",
+)
+ERRORS = {status: {"model": ErrorBody} for status in (400, 413, 422, 503)}
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code, media_type="application/json")
+
+
+@app.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> Response:
+    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+
+class MemberMetrics:
+    """Per-member request counts, latencies and errors as Ray metrics (Prometheus endpoint)."""
+
+    def __init__(self) -> None:
+        tags = ("model", "version")
+        self.requests = metrics.Counter("ensemble_member_requests", "Requests sent to a member version.", tags)
+        self.errors = metrics.Counter(
+            "ensemble_member_errors", "Member requests that failed or timed out.", (*tags, "status")
+        )
+        self.latency = metrics.Histogram(
+            "ensemble_member_latency_s",
+            "Seconds from fan-out to a member's answer.",
+            boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+            tag_keys=tags,
+        )
+        self.degraded = metrics.Counter("ensemble_degraded_answers", "Answers that left a member out.")
+
+    def record(self, outcomes: list[CallOutcome], degraded: int) -> None:
+        for outcome in outcomes:
+            tags = {"model": outcome.model, "version": outcome.version}
+            self.requests.inc(outcome.rows, tags)
+            if outcome.status == "ok":
+                self.latency.observe(outcome.latency_s, tags)
+            else:
+                self.errors.inc(outcome.rows, {**tags, "status": outcome.status})
+        if degraded:
+            self.degraded.inc(degraded)
+
+
+@serve.deployment
+@serve.ingress(app)
+class EnsembleRouter:
+    def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle]],
+                 contract: dict[str, int]) -> None:
+        self.args = GraphArgs.model_validate(args)
+        self.members = members
+        router = self.args.router
+        self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
+                             router.max_instances, router.max_body_bytes)
+        self.priors = {
+            deployment_name(model, version): spec.prior
+            for model, spec in self.args.members.items()
+            for version in spec.versions
+        }
+        self.predictor = EnsemblePredictor(
+            calls={model: {version: handle.predict.remote for version, handle in versions.items()}
+                   for model, versions in members.items()},
+            splits={model: spec.split() for model, spec in self.args.members.items()},
+            weights=lambda: self.priors,
+            deadline_s=router.deadline_s,
+            max_rows=min(v.max_batch_rows for spec in self.args.members.values() for v in spec.versions.values()),
+            max_in_flight=router.max_in_flight,
+        )
+        self.metrics = MemberMetrics()
+
+    @app.post(
+        "/v1/predict",
+        response_model=Prediction | BatchPrediction,
+        responses=ERRORS,
+        openapi_extra=json_body(PredictRequest),
+        summary="Predict the next-step return of one window or a batch",
+    )
+    async def predict(self, request: Request) -> Response:
+        parsed = parse_predict(await request.body(), self.limits)
+        result = await self.predictor.predict(parsed.windows, parsed.keys)
+        unanswered = int(np.isnan(result.combined).sum())
+        answers = result.answers(parsed.request_ids)
+        self.metrics.record(result.outcomes, sum(a["degraded"] for a in answers))
+        if unanswered:
+            failed = sorted({f"{o.model}-{o.version}: {o.status}" for o in result.outcomes if o.status != "ok"})
+            return json_response({"detail": f"no member answered ({', '.join(failed)})"}, 503)
+        return json_response(answers[0] if parsed.single else {"predictions": answers})
+
+    @app.get("/healthz", summary="The router process is up")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Every member version has a ready replica", responses={503: {"model": ErrorBody}})
+    async def readyz(self) -> Response:
+        names = [(model, version) for model, versions in self.members.items() for version in versions]
+        pings = [self.members[model][version].info.remote() for model, version in names]
+        done = await asyncio.gather(*(asyncio.wait_for(_awaitable(p), 2.0) for p in pings), return_exceptions=True)
+        not_ready = [deployment_name(m, v) for (m, v), r in zip(names, done) if isinstance(r, BaseException)]
+        if not_ready:
+            return json_response({"detail": f"not ready: {', '.join(not_ready)}"}, 503)
+        return json_response({"status": "ready", "members": [deployment_name(m, v) for m, v in names]})
+
+    @app.get("/v1/members", summary="Deployed member versions, their traffic splits and manifests")
+    async def describe_members(self) -> Response:
+        infos = await asyncio.gather(
+            *(handle.info.remote() for versions in self.members.values() for handle in versions.values()),
+            return_exceptions=True,
+        )
+        by_name = {info["deployment"]: info for info in infos if isinstance(info, dict)}
+        return json_response({
+            model: {
+                "prior": spec.prior,
+                "traffic": spec.split(),
+                "versions": {v: by_name.get(deployment_name(model, v), {"error": "unavailable"}) for v in spec.versions},
+            }
+            for model, spec in self.args.members.items()
+        })
+
+
+async def _awaitable(response: Any) -> Any:
+    return await response
+
+
+install_schemas(app, [PredictRequest])

@@ -1,0 +1,151 @@
+"""Typed configuration of an ensemble graph: the arguments of `graphs.ensemble:build_app`.
+
+Plain pydantic, no Ray: the Serve YAML's `args` validate against `GraphArgs` in tests and at
+deploy time, and unknown keys are rejected everywhere so a typo never passes silently.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+VERSION_PATTERN = re.compile(r"^v[0-9]+[a-z0-9_]*$")
+
+
+class StrictModel(BaseModel):
+    """Base for every schema: unknown keys are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingSpec(StrictModel):
+    """Queue-based autoscaling of one deployment (Ray Serve's `autoscaling_config`)."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas kept running.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas the autoscaler may start.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas started on deploy; min_replicas when unset.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(5.0, ge=0, description="Seconds a scale-up decision must hold before it acts.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="Seconds a scale-down decision must hold before it acts.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+    def to_serve(self) -> dict[str, float | int]:
+        """The dict Ray Serve's `autoscaling_config` takes."""
+        return self.model_dump(exclude_none=True)
+
+
+class ReplicaSpec(StrictModel):
+    """Resources and scaling of one deployment."""
+
+    num_cpus: float = Field(0.25, gt=0, description="CPUs each replica asks for; fractions pack replicas densely.")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs each replica asks for; with > 0 and CUDA present the nets run on the GPU."
+    )
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count, used when `autoscaling` is unset.")
+    autoscaling: AutoscalingSpec | None = Field(None, description="Autoscaling; replaces `num_replicas` when set.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once before queueing.")
+
+    @property
+    def framework_threads(self) -> int:
+        """Framework threads for a replica: one per whole CPU it asks for, at least one."""
+        return max(1, int(self.num_cpus))
+
+
+class MemberVersionSpec(ReplicaSpec):
+    """One deployed version of a member: a deployment named `<model>-<version>`."""
+
+    max_batch_rows: int = Field(
+        256, ge=1, description="Most window rows one model call carries when concurrent calls are merged."
+    )
+
+
+class MemberSpec(StrictModel):
+    """One ensemble member: a model served at one or more versions."""
+
+    versions: dict[str, MemberVersionSpec] = Field(
+        description="Deployed versions of this model (names as in the model repository), each its own deployment.",
+        min_length=1,
+    )
+    prior: float = Field(1.0, gt=0, description="Prior trust weight; normalised over the members that answer.")
+    traffic: dict[str, float] | None = Field(
+        None,
+        description="Share of this member's traffic per version; shares sum to 1. Unset: all to the first version.",
+    )
+
+    @model_validator(mode="after")
+    def _versions_and_traffic(self) -> MemberSpec:
+        for version in self.versions:
+            if not VERSION_PATTERN.match(version):
+                raise ValueError(f"version {version!r} must look like v1, v2, v3b")
+        if self.traffic is not None:
+            validate_split(self.traffic, set(self.versions))
+        return self
+
+    def split(self) -> dict[str, float]:
+        """The traffic split in force: the configured one, else everything to the first version."""
+        return dict(self.traffic) if self.traffic is not None else {next(iter(self.versions)): 1.0}
+
+
+def deployment_name(model: str, version: str) -> str:
+    """Serve deployment name of one (model, version), e.g. `patchtst-v2`."""
+    return f"{model}-{version}"
+
+
+def validate_split(split: dict[str, float], deployed: set[str]) -> None:
+    """Raise ValueError unless `split` gives non-negative shares summing to 1 over deployed versions."""
+    unknown = sorted(set(split) - deployed)
+    if unknown:
+        raise ValueError(f"traffic names versions that are not deployed: {unknown}")
+    negative = sorted(v for v, share in split.items() if not share >= 0)
+    if negative:
+        raise ValueError(f"traffic shares must be >= 0: {negative}")
+    total = sum(split.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"traffic shares must sum to 1, not {total:.6g}")
+
+
+class RouterSpec(ReplicaSpec):
+    """The HTTP ingress that fans requests out and combines the answers."""
+
+    num_cpus: float = Field(0.5, gt=0, description="CPUs each router replica asks for.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests a router replica accepts at once.")
+    deadline_s: float = Field(
+        1.0, gt=0, le=60, description="Seconds a request waits for members; later members are left out (degraded)."
+    )
+    max_rows: int = Field(1024, ge=1, description="Most rows accepted in one window (longer ones are rejected).")
+    max_instances: int = Field(256, ge=1, description="Most windows accepted in one batch request.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")
+    max_in_flight: int = Field(
+        2, ge=1, description="Model calls per member version in flight at once; requests arriving meanwhile are merged."
+    )
+
+
+class GraphArgs(StrictModel):
+    """Arguments of the ensemble application builder (the `args:` of a Serve YAML application)."""
+
+    model_root: str = Field("model_repo", description="Model repository root, relative to the working directory.")
+    members: dict[str, MemberSpec] = Field(description="Members by model name, as in the model repository.")
+    router: RouterSpec = Field(default_factory=RouterSpec, description="The ingress router deployment.")
+    combine: Literal["weighted_mean"] = Field("weighted_mean", description="How member answers are combined.")
+
+    @model_validator(mode="after")
+    def _names(self) -> GraphArgs:
+        if not self.members:
+            raise ValueError("members must name at least one model")
+        for name in self.members:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"member name {name!r} must be lower-case letters, digits and _")
+        return self

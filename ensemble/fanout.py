@@ -1,0 +1,139 @@
+"""Fan a batch of windows out to every member and combine the answers, under a deadline.
+
+No Ray here: each member version is reached through an async `ModelCall`, which the router
+deployment backs with a Serve handle and the tests back with plain functions.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ensemble.batching import CoalescingBatcher, ModelCall
+from ensemble.combine import weighted_mean
+from ensemble.config import deployment_name
+from ensemble.traffic import Splitter
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """How one member version did on one request (for metrics)."""
+
+    model: str
+    version: str
+    rows: int
+    latency_s: float
+    status: str  # "ok", "error" or "timeout"
+
+
+@dataclass
+class EnsembleResult:
+    models: list[str]  # member order of the matrices below
+    versions: list[list[str]]  # [M][B] version each member used per instance
+    predictions: np.ndarray  # [M, B] float64, NaN where the member did not answer
+    weights: np.ndarray  # [M, B] weights applied (0 for missing members)
+    combined: np.ndarray  # [B] float64, NaN where no member answered
+    outcomes: list[CallOutcome]
+
+    def answers(self, request_ids: Sequence[str]) -> list[dict]:
+        """The v1 JSON answer of each instance, in order."""
+        answers = []
+        for b, request_id in enumerate(request_ids):
+            members, missing = {}, []
+            for m, model in enumerate(self.models):
+                prediction = self.predictions[m, b]
+                if np.isnan(prediction):
+                    missing.append(model)
+                else:
+                    members[model] = {
+                        "version": self.versions[m][b],
+                        "prediction": float(prediction),
+                        "weight": float(self.weights[m, b]),
+                    }
+            answers.append(
+                {
+                    "request_id": request_id,
+                    "prediction": float(self.combined[b]),
+                    "members": members,
+                    "degraded": bool(missing),
+                    "missing": missing,
+                }
+            )
+        return answers
+
+    def member_predictions(self, b: int) -> dict[str, float]:
+        """What each answering member version predicted for instance `b`, by deployment name."""
+        return {
+            deployment_name(model, self.versions[m][b]): float(self.predictions[m, b])
+            for m, model in enumerate(self.models)
+            if not np.isnan(self.predictions[m, b])
+        }
+
+
+class EnsemblePredictor:
+    """Routes each instance to one version per member, batches, waits, combines."""
+
+    def __init__(
+        self,
+        calls: Mapping[str, Mapping[str, ModelCall]],
+        splits: Mapping[str, Mapping[str, float]],
+        weights: Callable[[], Mapping[str, float]],
+        deadline_s: float,
+        max_rows: int,
+        max_in_flight: int,
+    ) -> None:
+        self.models = list(calls)
+        self._weights = weights
+        self._deadline_s = deadline_s
+        self._batchers = {
+            (model, version): CoalescingBatcher(call, max_rows, max_in_flight, deadline_s)
+            for model, versions in calls.items()
+            for version, call in versions.items()
+        }
+        self._splitters = {model: Splitter(split) for model, split in splits.items()}
+
+    def set_split(self, model: str, split: Mapping[str, float]) -> None:
+        self._splitters[model] = Splitter(split)
+
+    async def predict(self, windows: np.ndarray, keys: Sequence[str | None]) -> EnsembleResult:
+        started = time.perf_counter()
+        batch = len(windows)
+        versions = [self._splitters[model].choose(keys) for model in self.models]
+        pending: list[tuple[int, str, np.ndarray, asyncio.Future[np.ndarray]]] = []
+        for m, model in enumerate(self.models):
+            for version in dict.fromkeys(versions[m]):
+                index = (
+                    np.arange(batch)
+                    if len(set(versions[m])) == 1
+                    else np.array([b for b, v in enumerate(versions[m]) if v == version])
+                )
+                rows = windows if len(index) == batch else windows[index]
+                pending.append((m, version, index, self._batchers[(model, version)].submit(rows)))
+
+        done_at: dict[int, float] = {}
+        for *_, future in pending:
+            future.add_done_callback(lambda f: done_at.setdefault(id(f), time.perf_counter()))
+        await asyncio.wait([future for *_, future in pending], timeout=self._deadline_s)
+        waited = time.perf_counter()
+
+        predictions = np.full((len(self.models), batch), np.nan)
+        weight_of = self._weights()
+        weights = np.zeros((len(self.models), batch))
+        outcomes = []
+        for m, version, index, future in pending:
+            model = self.models[m]
+            weights[m, index] = weight_of.get(deployment_name(model, version), 0.0)
+            if not future.done():
+                status = "timeout"
+            elif future.exception() is not None or not np.isfinite(future.result()).all():
+                status = "error"
+            else:
+                predictions[m, index] = future.result()
+                status = "ok"
+            latency = done_at.get(id(future), waited) - started
+            outcomes.append(CallOutcome(model, version, len(index), latency, status))
+        combined, applied = weighted_mean(predictions, weights)
+        return EnsembleResult(self.models, versions, predictions, applied, combined, outcomes)

@@ -1,0 +1,63 @@
+"""Assigning requests to the versions of a member.
+
+With a key, assignment is weighted rendezvous hashing: each version scores the key as
+-ln(u)/share with u a hash of (key, version) in (0, 1), and the lowest score wins. A key
+therefore keeps its version while the split is unchanged, a version wins keys in proportion
+to its share, and raising one share only moves keys *to* that version (monotone), however
+many versions there are. Without a key, assignment is random at the configured shares.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping, Sequence
+
+
+def _unit_hash(key: str, version: str) -> float:
+    digest = hashlib.blake2b(f"{version}\x00{key}".encode(), digest_size=8).digest()
+    # 53 bits into (0, 1): never 0, so the log below is finite.
+    return ((int.from_bytes(digest, "big") >> 11) + 0.5) / float(1 << 53)
+
+
+def sticky_version(key: str, split: Mapping[str, float]) -> str:
+    """The version `key` reaches under `split` (versions with share 0 never win)."""
+    best_version, best_score = "", math.inf
+    for version, share in split.items():
+        if share > 0:
+            score = -math.log(_unit_hash(key, version)) / share
+            if score < best_score:
+                best_version, best_score = version, score
+    if not best_version:
+        raise ValueError("split has no version with a positive share")
+    return best_version
+
+
+class Splitter:
+    """Chooses a version per request for one member under a fixed split."""
+
+    def __init__(self, split: Mapping[str, float], rng: random.Random | None = None) -> None:
+        self.split = dict(split)
+        self._versions = [v for v, s in self.split.items() if s > 0]
+        if not self._versions:
+            raise ValueError("split has no version with a positive share")
+        self._cumulative = []
+        total = 0.0
+        for version in self._versions:
+            total += self.split[version]
+            self._cumulative.append(total)
+        self._rng = rng or random.Random()
+
+    def choose(self, keys: Sequence[str | None]) -> list[str]:
+        if len(self._versions) == 1:
+            return [self._versions[0]] * len(keys)
+        return [self._choose_one(key) for key in keys]
+
+    def _choose_one(self, key: str | None) -> str:
+        if key is not None:
+            return sticky_version(key, self.split)
+        draw = self._rng.random() * self._cumulative[-1]
+        for version, bound in zip(self._versions, self._cumulative):
+            if draw < bound:
+                return version
+        return self._versions[-1]

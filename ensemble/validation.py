@@ -1,0 +1,157 @@
+"""Request validation: raw JSON bytes to float32 windows, or a 4xx naming the field.
+
+Bad input must never reach a model nor turn into a 500, and the checks run on every request,
+so the common path is a handful of numpy calls; the slow element-by-element scan runs only
+to name the offending field once something is known to be wrong.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class RequestError(Exception):
+    """A client error: HTTP `status` with a message that names the field."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    window: int
+    n_features: int
+    max_rows: int
+    max_instances: int
+    max_body_bytes: int
+
+
+@dataclass
+class PredictInput:
+    windows: np.ndarray  # float32 [B, T, F], the last T rows of each window
+    request_ids: list[str]
+    keys: list[str | None]
+    single: bool  # answer one object rather than {"predictions": [...]}
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def load_json(body: bytes, max_body_bytes: int) -> Any:
+    if len(body) > max_body_bytes:
+        raise RequestError(413, f"body: {len(body)} bytes exceeds the limit of {max_body_bytes}")
+    if not body:
+        raise RequestError(400, "body: empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects NaN and Infinity literals here too, which is what we want.
+        raise RequestError(400, f"body: invalid JSON ({exc})") from None
+
+
+def _locate_bad_value(window: list, field: str, n_features: int) -> str:
+    """Name the first element of a window that is not a finite number (slow path, errors only)."""
+    for r, row in enumerate(window):
+        if not isinstance(row, list):
+            return f"{field}[{r}]: expected a list of {n_features} numbers, got {type(row).__name__}"
+        if len(row) != n_features:
+            return f"{field}[{r}]: expected {n_features} features, got {len(row)}"
+        for c, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"{field}[{r}][{c}]: expected a number, got {type(value).__name__}"
+            if not abs(value) <= FLOAT32_MAX:  # also catches NaN
+                return f"{field}[{r}][{c}]: {value!r} is not a finite float32"
+    return f"{field}: not a list of rows of numbers"
+
+
+def parse_window(window: Any, field: str, limits: Limits) -> np.ndarray:
+    """One window as float32 [T, F]: its last T rows, every row checked."""
+    if not isinstance(window, list):
+        raise RequestError(422, f"{field}: expected a list of rows, got {type(window).__name__}")
+    rows = len(window)
+    if rows < limits.window:
+        raise RequestError(422, f"{field}: {rows} rows, at least {limits.window} are needed")
+    if rows > limits.max_rows:
+        raise RequestError(413, f"{field}: {rows} rows exceeds the limit of {limits.max_rows}")
+    try:
+        array = np.array(window, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise RequestError(422, _locate_bad_value(window, field, limits.n_features)) from None
+    if array.shape != (rows, limits.n_features) or not _all_numbers(window):
+        raise RequestError(422, _locate_bad_value(window, field, limits.n_features))
+    with np.errstate(over="ignore"):
+        array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise RequestError(422, _locate_bad_value(window, field, limits.n_features))
+    return array[-limits.window :]
+
+
+def _all_numbers(rows: list[list[Any]]) -> bool:
+    # np.array turns booleans and numeric strings into floats; JSON true or "1.5" is not a number here.
+    return not any(type(v) is bool or type(v) is str for row in rows for v in row)
+
+
+def _optional_str(obj: dict, name: str, field: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
+        raise RequestError(422, f"{field}{name}: expected a string of 1 to 256 characters")
+    return value
+
+
+_SINGLE_KEYS = frozenset({"window", "key", "request_id"})
+
+
+def parse_predict(body: bytes, limits: Limits) -> PredictInput:
+    """Parse a POST /v1/predict body: one window or `instances`."""
+    payload = load_json(body, limits.max_body_bytes)
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"body: expected a JSON object, got {type(payload).__name__}")
+    if "instances" in payload:
+        extra = sorted(set(payload) - {"instances"})
+        if extra:
+            raise RequestError(422, f"{extra[0]}: not allowed beside instances; put it in each instance")
+        return _parse_instances(payload["instances"], limits)
+    unknown = sorted(set(payload) - _SINGLE_KEYS)
+    if unknown:
+        raise RequestError(422, f"{unknown[0]}: unknown field")
+    if "window" not in payload:
+        raise RequestError(422, "window: field required (or send instances)")
+    window = parse_window(payload["window"], "window", limits)
+    request_id = _optional_str(payload, "request_id", "") or new_request_id()
+    return PredictInput(window[None], [request_id], [_optional_str(payload, "key", "")], single=True)
+
+
+def _parse_instances(instances: Any, limits: Limits) -> PredictInput:
+    if not isinstance(instances, list) or not instances:
+        raise RequestError(422, "instances: expected a non-empty list of windows")
+    if len(instances) > limits.max_instances:
+        raise RequestError(413, f"instances: {len(instances)} exceeds the limit of {limits.max_instances}")
+    windows, request_ids, keys = [], [], []
+    for i, instance in enumerate(instances):
+        field = f"instances[{i}]"
+        if isinstance(instance, dict):
+            unknown = sorted(set(instance) - _SINGLE_KEYS)
+            if unknown:
+                raise RequestError(422, f"{field}.{unknown[0]}: unknown field")
+            if "window" not in instance:
+                raise RequestError(422, f"{field}.window: field required")
+            windows.append(parse_window(instance["window"], f"{field}.window", limits))
+            request_ids.append(_optional_str(instance, "request_id", f"{field}.") or new_request_id())
+            keys.append(_optional_str(instance, "key", f"{field}."))
+        else:
+            windows.append(parse_window(instance, field, limits))
+            request_ids.append(new_request_id())
+            keys.append(None)
+    if len(set(request_ids)) != len(request_ids):
+        raise RequestError(422, "instances: request_id values must be unique within a batch")
+    return PredictInput(np.stack(windows), request_ids, keys, single=False)

@@ -1,0 +1,68 @@
+"""Typed application builder: `import_path: graphs.ensemble:build_app` in the Serve YAML files."""
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.model import ModelDeployment
+from deployments.router import EnsembleRouter
+from ensemble.config import GraphArgs, MemberVersionSpec, ReplicaSpec, deployment_name
+from models.repository import read_manifest
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    # Set before the replica imports numpy/torch, so every framework's pool starts at this size.
+    value = str(threads)
+    return {name: value for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def _deployment_options(spec: ReplicaSpec) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "ray_actor_options": {
+            "num_cpus": spec.num_cpus,
+            "num_gpus": spec.num_gpus,
+            "runtime_env": {"env_vars": _thread_env(spec.framework_threads)},
+        },
+        "max_ongoing_requests": spec.max_ongoing_requests,
+    }
+    if spec.autoscaling is not None:
+        options["autoscaling_config"] = spec.autoscaling.to_serve()
+    else:
+        options["num_replicas"] = spec.num_replicas
+    return options
+
+
+def _member(args: GraphArgs, model: str, version: str, spec: MemberVersionSpec) -> Application:
+    return ModelDeployment.options(name=deployment_name(model, version), **_deployment_options(spec)).bind(
+        args.model_root,
+        model,
+        version,
+        spec.framework_threads,
+        "cuda" if spec.num_gpus > 0 else "cpu",
+        spec.max_batch_rows,
+    )
+
+
+def input_contract(args: GraphArgs) -> dict[str, int]:
+    """The (T, F) every member agrees on, read from the manifests; a disagreement is a deploy error."""
+    contracts = {}
+    for model, spec in args.members.items():
+        for version in spec.versions:
+            manifest = read_manifest(args.model_root, model, version)
+            contracts[deployment_name(model, version)] = (manifest.input.window, manifest.input.n_features)
+    distinct = set(contracts.values())
+    if len(distinct) != 1:
+        raise ValueError(f"members disagree on the input contract (window, features): {contracts}")
+    window, n_features = distinct.pop()
+    return {"window": window, "n_features": n_features}
+
+
+def build_app(args: GraphArgs) -> Application:
+    members = {
+        model: {version: _member(args, model, version, vspec) for version, vspec in spec.versions.items()}
+        for model, spec in args.members.items()
+    }
+    return EnsembleRouter.options(**_deployment_options(args.router)).bind(
+        args.model_dump(mode="json"), members, input_contract(args)
+    )

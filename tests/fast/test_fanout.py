@@ -1,0 +1,76 @@
+"""Fan-out without Ray: members are plain async functions."""
+import asyncio
+import time
+
+import numpy as np
+
+from ensemble.fanout import EnsemblePredictor
+
+
+def constant(value: float, delay_s: float = 0.0):
+    async def call(rows: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(delay_s)
+        return np.full(len(rows), value, dtype=np.float32)
+
+    return call
+
+
+async def broken(rows: np.ndarray) -> np.ndarray:
+    raise RuntimeError("member crashed")
+
+
+def predictor(calls, splits=None, weights=None, deadline_s=0.5):
+    splits = splits or {m: {next(iter(v)): 1.0} for m, v in calls.items()}
+    weights = weights or {f"{m}-{v}": 1.0 for m, vs in calls.items() for v in vs}
+    return EnsemblePredictor(calls, splits, lambda: weights, deadline_s, max_rows=64, max_in_flight=2)
+
+
+WINDOWS = np.zeros((3, 128, 8), dtype=np.float32)
+
+
+def test_weighted_answer_with_versions():
+    ensemble = predictor({"a": {"v1": constant(1.0)}, "b": {"v1": constant(4.0)}},
+                         weights={"a-v1": 2.0, "b-v1": 1.0})
+    result = asyncio.run(ensemble.predict(WINDOWS, [None] * 3))
+    np.testing.assert_allclose(result.combined, [2.0, 2.0, 2.0])
+    answer = result.answers(["r0", "r1", "r2"])[1]
+    assert answer["request_id"] == "r1" and not answer["degraded"] and answer["missing"] == []
+    assert answer["members"]["a"] == {"version": "v1", "prediction": 1.0, "weight": 2 / 3}
+    assert {o.status for o in result.outcomes} == {"ok"}
+
+
+def test_failed_and_hung_members_degrade_the_answer_within_the_deadline():
+    ensemble = predictor(
+        {"good": {"v1": constant(3.0)}, "bad": {"v1": broken}, "slow": {"v1": constant(9.0, delay_s=5)}},
+        deadline_s=0.1,
+    )
+    started = time.perf_counter()
+    result = asyncio.run(ensemble.predict(WINDOWS, [None] * 3))
+    assert time.perf_counter() - started < 1.0
+    answer = result.answers(["a", "b", "c"])[0]
+    assert answer["degraded"] and sorted(answer["missing"]) == ["bad", "slow"]
+    assert answer["prediction"] == 3.0 and answer["members"]["good"]["weight"] == 1.0
+    assert {o.model: o.status for o in result.outcomes} == {"good": "ok", "bad": "error", "slow": "timeout"}
+
+
+def test_no_member_answers_gives_nan():
+    result = asyncio.run(predictor({"bad": {"v1": broken}}).predict(WINDOWS, [None] * 3))
+    assert np.isnan(result.combined).all()
+
+
+def test_non_finite_member_output_counts_as_error():
+    result = asyncio.run(predictor({"a": {"v1": constant(np.nan)}, "b": {"v1": constant(1.0)}}).predict(WINDOWS, [None] * 3))
+    assert result.answers(["x", "y", "z"])[0]["missing"] == ["a"]
+
+
+def test_instances_split_across_versions_by_key():
+    ensemble = predictor({"m": {"v1": constant(1.0), "v2": constant(2.0)}}, splits={"m": {"v1": 0.5, "v2": 0.5}})
+    keys = [f"k{i}" for i in range(40)]
+    windows = np.zeros((40, 128, 8), dtype=np.float32)
+    result = asyncio.run(ensemble.predict(windows, keys))
+    versions = result.versions[0]
+    assert set(versions) == {"v1", "v2"}
+    np.testing.assert_allclose(result.combined, [1.0 if v == "v1" else 2.0 for v in versions])
+    again = asyncio.run(ensemble.predict(windows, keys))
+    assert again.versions[0] == versions
+    assert result.member_predictions(0) == {f"m-{versions[0]}": 1.0 if versions[0] == "v1" else 2.0}

@@ -1,0 +1,87 @@
+"""Request validation: every kind of bad input is a 4xx naming the field, never an exception."""
+import numpy as np
+import orjson
+import pytest
+
+from ensemble.validation import Limits, RequestError, parse_predict
+
+T, F = 128, 8
+LIMITS = Limits(window=T, n_features=F, max_rows=300, max_instances=4, max_body_bytes=2_000_000)
+
+
+def window(rows: int = T, seed: int = 0) -> list[list[float]]:
+    return np.random.default_rng(seed).normal(size=(rows, F)).round(6).tolist()
+
+
+def body(payload: object) -> bytes:
+    return orjson.dumps(payload)
+
+
+def rejected(raw: bytes, limits: Limits = LIMITS) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        parse_predict(raw, limits)
+    return info.value
+
+
+def test_single_window_uses_last_t_rows():
+    w = window(T + 10)
+    parsed = parse_predict(body({"window": w, "key": "k1", "request_id": "r1"}), LIMITS)
+    assert parsed.single and parsed.request_ids == ["r1"] and parsed.keys == ["k1"]
+    assert parsed.windows.shape == (1, T, F) and parsed.windows.dtype == np.float32
+    np.testing.assert_allclose(parsed.windows[0], np.array(w[-T:], dtype=np.float32))
+
+
+def test_instances_bare_and_objects_in_order():
+    parsed = parse_predict(body({"instances": [window(seed=1), {"window": window(seed=2), "key": "a"}]}), LIMITS)
+    assert not parsed.single and parsed.windows.shape == (2, T, F)
+    assert parsed.keys == [None, "a"] and len(set(parsed.request_ids)) == 2
+    np.testing.assert_allclose(parsed.windows[1], np.array(window(seed=2), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "payload, status, field",
+    [
+        ({"window": window(T - 1)}, 422, "window: 127 rows"),
+        ({"window": window(301)}, 413, "window: 301 rows exceeds"),
+        ({"window": [row[:7] for row in window()]}, 422, "window[0]: expected 8 features"),
+        ({"window": window()[:-1] + [["x"] * 8]}, 422, "window[127][0]: expected a number, got str"),
+        ({"window": window()[:-1] + [[True] * 8]}, 422, "window[127][0]: expected a number, got bool"),
+        ({"window": window()[:-1] + [[None] * 8]}, 422, "window[127][0]: expected a number, got NoneType"),
+        ({"window": window()[:-1] + [["1.5"] * 8]}, 422, "window[127][0]: expected a number, got str"),
+        ({"window": window()[:5] + [1.0] + window()[6:]}, 422, "window[5]: expected a list"),
+        ({"window": [[1e39] * 8] + window()}, 422, "window[0][0]: 1e+39 is not a finite float32"),
+        ({"window": "abc"}, 422, "window: expected a list of rows"),
+        ({}, 422, "window: field required"),
+        ({"window": window(), "extra": 1}, 422, "extra: unknown field"),
+        ({"window": window(), "key": 5}, 422, "key: expected a string"),
+        ({"instances": []}, 422, "instances: expected a non-empty list"),
+        ({"instances": [window()] * 5}, 413, "instances: 5 exceeds"),
+        ({"instances": [window(), window(T - 3)]}, 422, "instances[1]: 125 rows"),
+        ({"instances": [{"window": window(), "bogus": 1}]}, 422, "instances[0].bogus: unknown field"),
+        ({"instances": [{"key": "a"}]}, 422, "instances[0].window: field required"),
+        ({"instances": [window()], "key": "a"}, 422, "key: not allowed beside instances"),
+        ({"instances": [{"window": window(), "request_id": "x"}] * 2}, 422, "request_id values must be unique"),
+        ([1, 2], 422, "body: expected a JSON object"),
+    ],
+)
+def test_bad_input_names_the_field(payload, status, field):
+    error = rejected(body(payload))
+    assert error.status == status
+    assert field in error.message
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"window": NaN}', b'{"window": [[Infinity]]}', b"\xff\xfe"])
+def test_invalid_json_is_400(raw):
+    assert rejected(raw).status == 400
+
+
+def test_body_limit_is_413():
+    small = Limits(T, F, 300, 4, max_body_bytes=1024)
+    error = rejected(body({"window": window()}), small)
+    assert error.status == 413 and "body" in error.message
+
+
+def test_nan_inside_numbers_is_rejected():
+    # NaN cannot be written in JSON; a huge exponent is the way infinity sneaks in.
+    error = rejected(b'{"window": [' + b",".join([b"[1e308,1,1,1,1,1,1,1]"] * T) + b"]}")
+    assert error.status == 422 and "window[0][0]" in error.message
