@@ -1,0 +1,100 @@
+"""Learned trust on a stream where the best member degrades half way and later recovers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ensemble.combine import weighted_mean
+from ensemble.trust import TrustBook, TrustSpec
+
+MEMBERS = ["best-v1", "b-v1", "c-v1", "d-v1", "e-v1"]
+NOISE = np.array([0.1, 0.3, 0.4, 0.5, 0.6])  # members' error std around the signal
+N, DEGRADE, RECOVER = 6000, 2000, 4000
+
+
+def stream(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels [N] and member predictions [M, N]; the best member is off in [DEGRADE, RECOVER)."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(0, np.sqrt(0.3), N)
+    actual = signal + rng.normal(0, np.sqrt(0.7), N)
+    predictions = signal + rng.normal(size=(len(MEMBERS), N)) * NOISE[:, None]
+    bad = slice(DEGRADE, RECOVER)
+    predictions[0, bad] += 3.0 + rng.normal(0, 3.0, RECOVER - DEGRADE)  # bias and noise injected
+    return actual, predictions
+
+
+def replay(policy: str, **spec: float) -> tuple[np.ndarray, np.ndarray]:
+    """Predict each label with the weights in force, then learn from it; returns combined [N], weights [M, N]."""
+    book = TrustBook(TrustSpec(policy=policy, **spec), priors={m: 1.0 for m in MEMBERS})
+    actual, predictions = stream()
+    combined, history = np.empty(N), np.empty((len(MEMBERS), N))
+    for t in range(N):
+        weights = book.weights(MEMBERS)
+        history[:, t] = [weights[m] for m in MEMBERS]
+        combined[t] = weighted_mean(predictions[:, t : t + 1], history[:, t : t + 1])[0][0]
+        book.update([(dict(zip(MEMBERS, predictions[:, t])), actual[t])])
+    return combined, history
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a - b) ** 2))
+
+
+def test_hedge_moves_away_from_a_degraded_member_and_back():
+    actual, predictions = stream()
+    combined, weights = replay("hedge")
+    static, _ = replay("static")
+    # Skip the first 200 labels of the segment: the time hedge needs to notice.
+    segment = slice(DEGRADE + 200, RECOVER)
+    best_remaining = min(mse(predictions[m, segment], actual[segment]) for m in range(1, len(MEMBERS)))
+    hedge_mse, static_mse = mse(combined[segment], actual[segment]), mse(static[segment], actual[segment])
+    print(f"\ndegraded segment MSE: hedge {hedge_mse:.4f}, best remaining member {best_remaining:.4f}, "
+          f"static {static_mse:.4f} (hedge/best {hedge_mse / best_remaining:.3f}, hedge/static {hedge_mse / static_mse:.3f})")
+    print(f"best member's weight: before {weights[0, DEGRADE - 1]:.3f}, degraded {weights[0, RECOVER - 1]:.4f}, "
+          f"recovered {weights[0, -1]:.3f}")
+    assert hedge_mse <= 1.10 * best_remaining
+    assert hedge_mse <= 0.80 * static_mse
+    assert weights[0, RECOVER - 1] < 0.02  # near the floor while degraded
+    assert weights[0, -1] > 0.2 and weights[0, -1] == weights[:, -1].max()  # earned back
+
+
+def test_inverse_error_also_avoids_the_degraded_member():
+    actual, _ = stream()
+    combined, _ = replay("inverse_error")
+    static, _ = replay("static")
+    segment = slice(DEGRADE + 300, RECOVER)
+    assert mse(combined[segment], actual[segment]) <= 0.8 * mse(static[segment], actual[segment])
+
+
+def test_static_keeps_the_priors():
+    book = TrustBook(TrustSpec(policy="static"), priors={"a-v1": 3.0, "b-v1": 1.0})
+    book.update([({"a-v1": 5.0, "b-v1": 0.0}, 0.0)] * 50)
+    assert book.weights() == {"a-v1": 3.0, "b-v1": 1.0}
+
+
+def test_floor_keeps_every_member_in():
+    book = TrustBook(TrustSpec(policy="hedge", floor=0.05), priors={"a-v1": 1.0, "b-v1": 1.0})
+    book.update([({"a-v1": 10.0, "b-v1": 0.0}, 0.0), ({"a-v1": 10.0, "b-v1": 1.0}, 1.0)] * 100)
+    assert book.weights()["a-v1"] == pytest.approx(0.025, rel=1e-6)
+
+
+def test_state_round_trip_restores_exact_weights():
+    actual, predictions = stream()
+    book = TrustBook(TrustSpec(), priors={m: 1.0 for m in MEMBERS})
+    book.update((dict(zip(MEMBERS, predictions[:, t])), actual[t]) for t in range(500))
+    copy = TrustBook(TrustSpec(), priors={m: 1.0 for m in MEMBERS})
+    copy.restore(book.state())
+    assert copy.weights() == book.weights()
+
+
+def test_drift_flags_error_ratio_and_bias():
+    rng = np.random.default_rng(1)
+    book = TrustBook(TrustSpec(), priors={"a-v1": 1.0, "b-v1": 1.0}, baselines={"a-v1": 1.0, "b-v1": 1.0})
+    actual = rng.normal(size=1000)
+    book.update(({"a-v1": y + rng.normal(0, 0.5), "b-v1": y + 0.5 + rng.normal(0, 0.1)}, y) for y in actual)
+    assert book.drift("a-v1")["drift"] is False
+    b = book.drift("b-v1")
+    assert b["drift"] is True and "residual" in b["reason"] and b["bias_z"] < -4
+    noisy = TrustBook(TrustSpec(), priors={"a-v1": 1.0}, baselines={"a-v1": 0.5})
+    noisy.update(({"a-v1": y + rng.normal(0, 1.0)}, y) for y in actual)
+    assert noisy.drift("a-v1")["drift"] is True and noisy.drift("a-v1")["ratio"] > 1.5

@@ -1,0 +1,22 @@
+"""Members that misbehave on purpose, for the fault tests."""
+import asyncio
+
+import numpy as np
+from ray import serve
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.05})
+class FaultyMember:
+    """`raise`: every call fails; `hang`: every call stalls far past any deadline."""
+
+    def __init__(self, name: str, mode: str) -> None:
+        self.name, self.mode = name, mode
+
+    async def predict(self, windows: np.ndarray) -> np.ndarray:
+        if self.mode == "raise":
+            raise RuntimeError(f"{self.name} is broken")
+        await asyncio.sleep(60)
+        return np.zeros(len(windows), dtype=np.float32)
+
+    def info(self) -> dict:
+        return {"deployment": self.name, "device": "cpu", "manifest": {}}

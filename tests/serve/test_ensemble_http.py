@@ -1,0 +1,133 @@
+"""The ensemble over real HTTP on a real local Ray Serve."""
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import numpy as np
+import pytest
+
+from models.data import sample_windows
+from tests.serve.conftest import MEMBERS
+
+WINDOWS = sample_windows(8, seed=11)
+
+
+def window(i: int = 0) -> list[list[float]]:
+    return WINDOWS[i].tolist()
+
+
+def test_health_ready_and_docs(client: httpx.Client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert sorted(ready["members"]) == sorted(f"{m}-v1" for m in MEMBERS)
+    spec = client.get("/openapi.json").json()
+    assert "/v1/predict" in spec["paths"] and "PredictRequest" in spec["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_uses_all_five_members(client: httpx.Client):
+    answer = client.post("/v1/predict", json={"window": window(), "request_id": "req-1"}).json()
+    assert answer["request_id"] == "req-1" and answer["degraded"] is False and answer["missing"] == []
+    assert sorted(answer["members"]) == sorted(MEMBERS)
+    weights = [m["weight"] for m in answer["members"].values()]
+    assert sum(weights) == pytest.approx(1.0) and all(w == pytest.approx(0.2) for w in weights)
+    combined = sum(m["weight"] * m["prediction"] for m in answer["members"].values())
+    assert answer["prediction"] == pytest.approx(combined, rel=1e-6)
+    assert all(m["version"] == "v1" for m in answer["members"].values())
+
+
+def test_batch_predict_answers_in_order_and_matches_single(client: httpx.Client):
+    batch = client.post("/v1/predict", json={"instances": [window(i) for i in range(4)]}).json()["predictions"]
+    assert len(batch) == 4
+    for i, answer in enumerate(batch):
+        single = client.post("/v1/predict", json={"window": window(i)}).json()
+        assert answer["prediction"] == pytest.approx(single["prediction"], rel=1e-5, abs=1e-9)
+
+
+def test_longer_window_uses_last_rows(client: httpx.Client):
+    longer = np.concatenate([WINDOWS[1][:10], WINDOWS[0]]).tolist()
+    a = client.post("/v1/predict", json={"window": longer}).json()
+    b = client.post("/v1/predict", json={"window": window(0)}).json()
+    assert a["prediction"] == pytest.approx(b["prediction"], rel=1e-6)
+
+
+BAD = [
+    ({"window": window()[:100]}, 422, "window: 100 rows"),
+    ({"window": [row[:6] for row in window()]}, 422, "expected 8 features"),
+    ({"window": window()[:-1] + [["a"] * 8]}, 422, "window[127][0]"),
+    ({"window": "nope"}, 422, "window"),
+    ({"instances": [window(), window()[:3]]}, 422, "instances[1]"),
+    ({"window": [window()[0]] * 5000}, 413, "exceeds the limit"),
+    ({"instances": [window()] * 17}, 413, "instances: 17"),
+    ({"window": window(), "surprise": True}, 422, "surprise"),
+]
+
+
+@pytest.mark.parametrize("payload, status, field", BAD)
+def test_bad_input_is_4xx_naming_the_field(client: httpx.Client, payload, status, field):
+    response = client.post("/v1/predict", json=payload)
+    assert response.status_code == status, response.text
+    assert field in response.json()["detail"]
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"window": NaN}', b"", b"\x00\xff"])
+def test_malformed_bodies_are_400(client: httpx.Client, raw: bytes):
+    response = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "body" in response.json()["detail"]
+
+
+def test_huge_body_is_413(client: httpx.Client):
+    response = client.post("/v1/predict", content=b"[" + b"1," * 5_000_000 + b"1]")
+    assert response.status_code == 413
+
+
+def test_bad_requests_do_not_disturb_good_ones(client: httpx.Client):
+    def send(i: int) -> int:
+        payload = {"window": window(i % 8)} if i % 2 else BAD[i % len(BAD)][0]
+        return client.post("/v1/predict", json=payload).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(send, range(64)))
+    good = [c for i, c in enumerate(codes) if i % 2]
+    bad = [c for i, c in enumerate(codes) if not i % 2]
+    assert good == [200] * 32
+    assert all(400 <= c < 500 for c in bad)
+
+
+def test_members_endpoint_reports_manifests(client: httpx.Client):
+    members = client.get("/v1/members").json()
+    assert sorted(members) == sorted(MEMBERS)
+    v1 = members["patchtst"]["versions"]["v1"]
+    assert v1["device"] == "cpu" and v1["manifest"]["framework"] == "onnx"
+
+
+def test_raising_and_hanging_members_degrade_the_answer(client: httpx.Client):
+    answer = client.post("/faulty/v1/predict", json={"window": window()}).json()
+    assert answer["degraded"] is True
+    assert sorted(answer["missing"]) == ["broken", "stalled"]
+    assert answer["members"]["xgboost"]["weight"] == pytest.approx(1.0)
+    # The stalled member holds no request of ours hostage: the next answers come as fast.
+    for _ in range(3):
+        assert client.post("/faulty/v1/predict", json={"window": window()}).json()["missing"] == ["broken", "stalled"]
+
+
+def test_no_member_answering_is_503(client: httpx.Client, serve_session):
+    from ray import serve
+
+    from tests.serve.faulty import FaultyMember
+    # Only failing members: build it by hand on its own route.
+    from deployments.router import EnsembleRouter
+    from ensemble.config import GraphArgs
+
+    args = GraphArgs.model_validate({"router": {"num_cpus": 0.05, "deadline_s": 0.3},
+                                     "members": {"broken": {"versions": {"v1": {}}}}})
+    members = {"broken": {"v1": FaultyMember.options(name="only-broken-v1").bind("only-broken-v1", "raise")}}
+    app = EnsembleRouter.options(name="DeadRouter", ray_actor_options={"num_cpus": 0.05}).bind(
+        args.model_dump(mode="json"), members, {"window": 128, "n_features": 8})
+    serve.run(app, name="dead", route_prefix="/dead")
+    try:
+        response = client.post("/dead/v1/predict", json={"window": window()})
+        assert response.status_code == 503 and "no member answered" in response.json()["detail"]
+    finally:
+        serve.delete("dead")
