@@ -1,9 +1,9 @@
 """The ensemble router: HTTP ingress that fans out to the members and combines their answers.
 
 Thin by design: parsing is `ensemble.validation`, fan-out and combining `ensemble.fanout`;
-this class wires them to Serve handles, FastAPI routes and Ray metrics.
+this class wires them to Serve handles, FastAPI routes and Ray metrics. (No postponed
+annotations here: FastAPI must see the real `Request` type on the routes Serve rebuilds.)
 """
-from __future__ import annotations
 
 import asyncio
 from typing import Any
@@ -20,7 +20,7 @@ from ensemble.config import GraphArgs, deployment_name
 from ensemble.fanout import CallOutcome, EnsemblePredictor
 from ensemble.schemas import BatchPrediction, ErrorBody, Prediction, PredictRequest
 from ensemble.validation import Limits, RequestError, parse_predict
-from deployments.openapi import json_body, install_schemas
+from deployments.openapi import json_body
 
 app = FastAPI(
     title="Ensemble model server",
@@ -120,7 +120,7 @@ class EnsembleRouter:
     async def readyz(self) -> Response:
         names = [(model, version) for model, versions in self.members.items() for version in versions]
         pings = [self.members[model][version].info.remote() for model, version in names]
-        done = await asyncio.gather(*(asyncio.wait_for(_awaitable(p), 2.0) for p in pings), return_exceptions=True)
+        done = await asyncio.gather(*(asyncio.wait_for(p, 2.0) for p in pings), return_exceptions=True)
         not_ready = [deployment_name(m, v) for (m, v), r in zip(names, done) if isinstance(r, BaseException)]
         if not_ready:
             return json_response({"detail": f"not ready: {', '.join(not_ready)}"}, 503)
@@ -142,9 +142,3 @@ class EnsembleRouter:
             for model, spec in self.args.members.items()
         })
 
-
-async def _awaitable(response: Any) -> Any:
-    return await response
-
-
-install_schemas(app, [PredictRequest])

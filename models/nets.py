@@ -80,3 +80,11 @@ NETS: dict[str, type[nn.Module]] = {"patchtst": PatchTST, "lstm": LSTMForecaster
 
 def build_net(arch: str, hparams: dict[str, Any]) -> nn.Module:
     return NETS[arch](**{k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()})
+
+
+def export_onnx(net: nn.Module, path: str, example: torch.Tensor) -> None:
+    """ONNX graph of `net` taking raw windows, with a dynamic batch dimension."""
+    torch.onnx.export(
+        net, (example,), path, dynamo=False, input_names=["window"], output_names=["next_return"],
+        dynamic_axes={"window": {0: "batch"}, "next_return": {0: "batch"}}, opset_version=17,
+    )

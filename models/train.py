@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from models.data import generate_market, make_windows
 from models.features import engineer
-from models.nets import TARGET_SCALE, build_net
+from models.nets import TARGET_SCALE, build_net, export_onnx
 from models.repository import MANIFEST, Manifest, Metrics, version_dir, write_manifest
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
@@ -99,10 +99,7 @@ def _train_net(model: str, index: int, x: np.ndarray, y: np.ndarray, out: Path, 
         artifact = "weights.pt"
     else:
         artifact = "model.onnx"
-        torch.onnx.export(
-            net, (x_t[:2],), str(out / artifact), dynamo=False, input_names=["window"], output_names=["next_return"],
-            dynamic_axes={"window": {0: "batch"}, "next_return": {0: "batch"}}, opset_version=17,
-        )
+        export_onnx(net, str(out / artifact), x_t[:2])
     return {"artifacts": [artifact], "params": {"epochs": epochs, "batch": 256, "lr": 1e-3, "stride": profile.net_stride},
             "architecture": model, "hparams": hparams}
 

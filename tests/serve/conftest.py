@@ -16,7 +16,6 @@ from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from graphs.ensemble import build_app
-from models.train import train_repository
 from tests.serve.faulty import FaultyMember
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
@@ -79,9 +78,8 @@ def faulty_app(model_root: Path):
 
 
 @pytest.fixture(scope="session")
-def serve_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeSession]:
-    model_root = tmp_path_factory.mktemp("model_repo")
-    train_repository(model_root, profile="tiny")
+def serve_session(tiny_repo: Path) -> Iterator[ServeSession]:
+    model_root = tiny_repo
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -22,7 +22,8 @@ def test_health_ready_and_docs(client: httpx.Client):
     ready = client.get("/readyz").json()
     assert sorted(ready["members"]) == sorted(f"{m}-v1" for m in MEMBERS)
     spec = client.get("/openapi.json").json()
-    assert "/v1/predict" in spec["paths"] and "PredictRequest" in spec["components"]["schemas"]
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"window", "key", "request_id", "instances"} <= set(body["properties"])
     assert client.get("/docs").status_code == 200
 
 

@@ -1,0 +1,149 @@
+"""The prediction log and feedback join: labels that arrive later meet what each member said.
+
+No Ray: the control-plane deployment owns one `Ledger` and the routers send it their
+predictions and the labels they receive, so feedback may reach any router replica.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from pydantic import Field
+
+from ensemble.config import StrictModel
+from ensemble.store import StateStore
+from ensemble.trust import TrustBook
+
+PredictionRow = tuple[str, float, dict[str, float]]  # request_id, created_at, member version -> prediction
+TRUST_DOCUMENT = "trust"
+TOTALS_DOCUMENT = "feedback_totals"
+
+
+class LedgerSpec(StrictModel):
+    """Bounds of the prediction log and the feedback join."""
+
+    max_predictions: int = Field(1_000_000, ge=100, description="Most predictions kept for joining late labels.")
+    max_age_s: float = Field(7 * 24 * 3600, gt=0, description="Seconds a prediction stays joinable.")
+    join_grace_s: float = Field(
+        5.0, ge=0, description="Seconds a label for a not-yet-logged request waits for its prediction before it counts as unknown."
+    )
+    max_feedback_items: int = Field(10_000, ge=1, description="Most labels accepted in one feedback request.")
+
+
+@dataclass
+class FeedbackReport:
+    received: int = 0
+    applied: int = 0
+    duplicate: int = 0
+    pending: int = 0
+    unknown: int = 0
+
+    def add(self, other: FeedbackReport) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Ledger:
+    def __init__(self, store: StateStore, trust: TrustBook, spec: LedgerSpec,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.trust, self.spec, self.clock = store, trust, spec, clock
+        documents = store.get_documents()
+        if TRUST_DOCUMENT in documents:
+            trust.restore(documents[TRUST_DOCUMENT])
+        now = clock()
+        self._log: OrderedDict[str, tuple[float, dict[str, float]]] = OrderedDict(
+            (rid, (created, members))
+            for rid, created, members in store.recent_predictions(now - spec.max_age_s, spec.max_predictions)
+        )
+        self._pending: dict[str, tuple[float, float]] = {rid: (a, t) for rid, a, t in store.pending_labels()}
+        self.totals = FeedbackReport(**documents.get(TOTALS_DOCUMENT, {}))
+
+    def record(self, rows: Sequence[PredictionRow]) -> FeedbackReport:
+        """Log predictions; labels that were waiting for them are applied now."""
+        for rid, created, members in rows:
+            self._log[rid] = (created, members)
+            self._log.move_to_end(rid)
+        self._evict()
+        self.store.log_predictions(rows)
+        waiting = [rid for rid, _, _ in rows if rid in self._pending]
+        if not waiting:
+            return FeedbackReport()
+        report = FeedbackReport()
+        joined, changes = [], {}
+        for rid in waiting:
+            actual, _ = self._pending.pop(rid)
+            joined.append((self._log[rid][1], actual))
+            changes[rid] = "applied"
+        report.applied = self.trust.update(joined)
+        report.pending = -len(waiting)
+        self._save(report, [], changes, learned=True)
+        return report
+
+    def feedback(self, items: Sequence[tuple[str, float]]) -> FeedbackReport:
+        """Join labels (request_id, actual) with the log and learn from them, durably, once each."""
+        now = self.clock()
+        report = FeedbackReport(received=len(items))
+        fresh: dict[str, float] = {}
+        for rid, actual in items:
+            if rid in fresh:
+                report.duplicate += 1
+            else:
+                fresh[rid] = actual
+        seen = self.store.known_labels(fresh)
+        report.duplicate += len(seen)
+        joined, rows = [], []
+        for rid, actual in fresh.items():
+            if rid in seen:
+                continue
+            logged = self._log.get(rid)
+            if logged is not None:
+                joined.append((logged[1], actual))
+                status = "applied"
+            elif self.spec.join_grace_s > 0:
+                self._pending[rid] = (actual, now)
+                status = "pending"
+            else:
+                status = "unknown"
+            setattr(report, status, getattr(report, status) + 1)
+            rows.append((rid, actual, now, status))
+        self.trust.update(joined)
+        changes = self._expire_pending(now)
+        report.pending -= len(changes)
+        report.unknown += len(changes)
+        self._save(report, rows, changes, learned=bool(joined))
+        return report
+
+    def _save(self, report: FeedbackReport, rows: list[tuple[str, float, float, str]], changes: dict[str, str],
+              learned: bool) -> None:
+        self.totals.add(report)
+        documents = {TOTALS_DOCUMENT: asdict(self.totals)}
+        if learned:
+            documents[TRUST_DOCUMENT] = self.trust.state()
+        self.store.save_labels(rows, changes, documents)
+
+    def expire(self) -> None:
+        """Count labels whose prediction never came as unknown; prune the durable log."""
+        now = self.clock()
+        changes = self._expire_pending(now)
+        if changes:
+            self._save(FeedbackReport(pending=-len(changes), unknown=len(changes)), [], changes, learned=False)
+        self.store.prune_predictions(now - self.spec.max_age_s, self.spec.max_predictions)
+
+    def _expire_pending(self, now: float) -> dict[str, str]:
+        expired = [rid for rid, (_, at) in self._pending.items() if now - at > self.spec.join_grace_s]
+        for rid in expired:
+            del self._pending[rid]
+        return dict.fromkeys(expired, "unknown")
+
+    def _evict(self) -> None:
+        oldest_allowed = self.clock() - self.spec.max_age_s
+        while self._log and (
+            len(self._log) > self.spec.max_predictions or next(iter(self._log.values()))[0] < oldest_allowed
+        ):
+            self._log.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._log)
+

@@ -1,0 +1,177 @@
+"""Persistent state behind one small interface: an embedded SQLite file by default.
+
+Through SQLAlchemy, so a PostgreSQL URL replaces the file on a cluster. Holds what must
+survive a restart: the prediction log (for late labels), applied feedback, the learned trust
+state, settings such as traffic splits and rollouts, and the rollout history.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("request_id", String(256), primary_key=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("members", JSON, nullable=False),  # deployment name -> prediction
+)
+labels = Table(
+    "labels",
+    metadata,
+    Column("request_id", String(256), primary_key=True),
+    Column("actual", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # applied | pending | unknown
+)
+documents = Table(  # small JSON documents: trust state, splits, rollouts
+    "documents",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("subject", String(128), nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer; FULL: a committed transaction survives power loss.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+class StateStore:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    # -- prediction log ---------------------------------------------------------------
+    def log_predictions(self, rows: Sequence[tuple[str, float, dict[str, float]]]) -> None:
+        if not rows:
+            return
+        ids = [r[0] for r in rows]
+        with self.engine.begin() as conn:
+            # A repeated request_id replaces the older prediction: the latest answer is what a label refers to.
+            conn.execute(delete(predictions).where(predictions.c.request_id.in_(ids)))
+            conn.execute(insert(predictions), [{"request_id": i, "created_at": t, "members": m} for i, t, m in rows])
+
+    def recent_predictions(self, since: float, limit: int) -> list[tuple[str, float, dict[str, float]]]:
+        query = (
+            select(predictions.c.request_id, predictions.c.created_at, predictions.c.members)
+            .where(predictions.c.created_at >= since)
+            .order_by(predictions.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(r.request_id, r.created_at, r.members) for r in reversed(rows)]
+
+    def prune_predictions(self, older_than: float, keep: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(predictions).where(predictions.c.created_at < older_than))
+            count = conn.execute(select(func.count()).select_from(predictions)).scalar_one()
+            if count > keep:
+                cutoff = conn.execute(
+                    select(predictions.c.created_at).order_by(predictions.c.created_at.desc()).offset(keep).limit(1)
+                ).scalar_one()
+                conn.execute(delete(predictions).where(predictions.c.created_at <= cutoff))
+
+    # -- labels and learned state -------------------------------------------------------
+    def known_labels(self, request_ids: Iterable[str]) -> set[str]:
+        ids = list(request_ids)
+        known: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                known.update(conn.execute(select(labels.c.request_id).where(labels.c.request_id.in_(chunk))).scalars())
+        return known
+
+    def save_labels(
+        self,
+        new: Sequence[tuple[str, float, float, str]],
+        status_changes: dict[str, str],
+        documents_to_save: dict[str, Any],
+    ) -> None:
+        """New labels, status changes of earlier ones and the state they produced: one transaction."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            if new:
+                conn.execute(
+                    insert(labels),
+                    [{"request_id": i, "actual": a, "received_at": t, "status": s} for i, a, t, s in new],
+                )
+            for status in set(status_changes.values()):
+                ids = [i for i, s in status_changes.items() if s == status]
+                conn.execute(labels.update().where(labels.c.request_id.in_(ids)).values(status=status))
+            self._put_documents(conn, documents_to_save, now)
+
+    def pending_labels(self) -> list[tuple[str, float, float]]:
+        query = select(labels.c.request_id, labels.c.actual, labels.c.received_at).where(labels.c.status == "pending")
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(query).all()]
+
+    def label_counts(self) -> dict[str, int]:
+        query = select(labels.c.status, func.count()).group_by(labels.c.status)
+        with self.engine.connect() as conn:
+            return {status: count for status, count in conn.execute(query).all()}
+
+    # -- documents and events ---------------------------------------------------------------
+    def _put_documents(self, conn: Any, values: dict[str, Any], now: float) -> None:
+        if values:
+            conn.execute(delete(documents).where(documents.c.name.in_(list(values))))
+            conn.execute(insert(documents), [{"name": n, "value": v, "updated_at": now} for n, v in values.items()])
+
+    def put_documents(self, values: dict[str, Any], new_events: Sequence[tuple[str, str, dict]] = ()) -> None:
+        """Save documents and append events (kind, subject, detail) in one transaction."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            self._put_documents(conn, values, now)
+            if new_events:
+                conn.execute(insert(events), [{"at": now, "kind": k, "subject": s, "detail": d} for k, s, d in new_events])
+
+    def get_documents(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return {r.name: r.value for r in conn.execute(select(documents.c.name, documents.c.value)).all()}
+
+    def events(self, subject: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        query = select(events).order_by(events.c.id.desc()).limit(limit)
+        if subject is not None:
+            query = query.where(events.c.subject == subject)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [{"at": r.at, "kind": r.kind, "subject": r.subject, "detail": r.detail} for r in reversed(rows)]

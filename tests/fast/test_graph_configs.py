@@ -1,0 +1,59 @@
+"""Every Serve YAML is valid for Ray and for our builder; cluster.yaml passes Ray's validation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from ensemble.config import GraphArgs
+from graphs.ensemble import build_app
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
+
+
+def test_there_are_graphs():
+    assert {"ensemble.yaml"} <= {p.name for p in GRAPHS} and len(GRAPHS) >= 2
+
+
+@pytest.mark.parametrize("path", GRAPHS, ids=lambda p: p.name)
+def test_graph_yaml_is_valid_serve_config_and_builder_args(path: Path, tiny_repo: Path):
+    config = yaml.safe_load(path.read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    for app in schema.applications:
+        assert app.import_path == "graphs.ensemble:build_app"
+        args = GraphArgs.model_validate(app.args)
+        # The builder binds every (model, version) once, under its own deployment name.
+        built = build_app(args.model_copy(update={"model_root": str(tiny_repo)}))
+        assert built is not None
+
+
+def test_unknown_keys_are_rejected():
+    args = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())["applications"][0]["args"]
+    GraphArgs.model_validate(args)
+    with pytest.raises(ValueError, match="extra"):
+        GraphArgs.model_validate({**args, "surprise": 1})
+    bad_member = {**args, "members": {"xgboost": {"versions": {"v1": {"num_cpus": 1, "gpus": 1}}}}}
+    with pytest.raises(ValueError, match="extra"):
+        GraphArgs.model_validate(bad_member)
+
+
+@pytest.mark.parametrize(
+    "traffic, message",
+    [({"v1": 0.5, "v2": 0.6}, "sum to 1"), ({"v1": -0.2, "v2": 1.2}, ">= 0"), ({"v1": 0.5, "v9": 0.5}, "not deployed")],
+)
+def test_invalid_splits_are_rejected(traffic, message):
+    member = {"versions": {"v1": {}, "v2": {}}, "traffic": traffic}
+    with pytest.raises(ValueError, match=message):
+        GraphArgs.model_validate({"members": {"patchtst": member}})
+
+
+def test_cluster_yaml_passes_ray_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # what `ray up` runs before anything starts
+    assert {"head", "cpu_worker", "gpu_worker"} <= set(config["available_node_types"])
+    assert any("serve deploy graphs/" in c for c in config["head_start_ray_commands"])

@@ -1,0 +1,101 @@
+"""Each runtime on tiny models trained into a temp dir; integrity checks; the data generator."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.data import FEATURES, WINDOW, generate_market, make_windows, sample_windows
+from models.errors import ArtifactIntegrityError, InputShapeError, ModelLoadError
+from models.features import FEATURE_NAMES, engineer
+from models.nets import build_net, export_onnx
+from models.repository import Manifest, list_versions, load_runtime, read_manifest, version_dir, write_manifest
+from models.train import FRAMEWORK, MEMBERS, VERSIONS
+
+PAIRS = [(m, v) for m in MEMBERS for v in VERSIONS]
+
+
+@pytest.fixture
+def repo(tiny_repo: Path) -> Path:
+    return tiny_repo
+
+
+@pytest.mark.parametrize("model, version", PAIRS)
+def test_every_version_loads_and_predicts(repo: Path, model: str, version: str):
+    runtime = load_runtime(repo, model, version)
+    windows = sample_windows(7, seed=3)
+    out = runtime.predict(windows)
+    assert out.shape == (7,) and out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_allclose(runtime.predict(windows[:1]), out[:1], rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(runtime.predict(windows), out)
+    manifest = read_manifest(repo, model, version)
+    assert manifest.framework == FRAMEWORK[model] and manifest.holdout.n > 0
+    assert all(len(digest) == 64 for digest in manifest.artifacts.values())
+    assert runtime.device == "cpu"
+
+
+@pytest.mark.parametrize("model", ["patchtst", "nhits"])
+def test_onnx_export_matches_torch(repo: Path, model: str, tmp_path: Path):
+    manifest = read_manifest(repo, model, "v1")
+    net = build_net(manifest.architecture, manifest.hparams)
+    # Same architecture re-exported from fixed weights: torch and onnxruntime must agree.
+    torch.manual_seed(0)
+    net.eval()
+    windows = sample_windows(5, seed=4)
+    target = tmp_path / model / "v1"
+    shutil.copytree(version_dir(repo, model, "v1"), target)
+    export_onnx(net, str(target / "model.onnx"), torch.from_numpy(windows[:2]))
+    write_manifest(target, {**manifest.model_dump(), "artifacts": ["model.onnx"]})
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(windows)).numpy()
+    np.testing.assert_allclose(load_runtime(tmp_path, model, "v1").predict(windows), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_tampered_artifact_is_refused(repo: Path, tmp_path: Path):
+    shutil.copytree(version_dir(repo, "xgboost", "v1"), tmp_path / "xgboost" / "v1")
+    artifact = tmp_path / "xgboost" / "v1" / "model.json"
+    data = bytearray(artifact.read_bytes())
+    data[100] ^= 1
+    artifact.write_bytes(bytes(data))
+    with pytest.raises(ArtifactIntegrityError, match="model.json has SHA-256"):
+        load_runtime(tmp_path, "xgboost", "v1")
+    artifact.unlink()
+    with pytest.raises(ArtifactIntegrityError, match="model.json is missing"):
+        load_runtime(tmp_path, "xgboost", "v1")
+    with pytest.raises(ModelLoadError, match="no manifest"):
+        load_runtime(tmp_path, "xgboost", "v9")
+
+
+def test_wrong_shape_is_input_shape_error(repo: Path):
+    runtime = load_runtime(repo, "lightgbm", "v1")
+    with pytest.raises(InputShapeError):
+        runtime.predict(np.zeros((2, WINDOW, 7), dtype=np.float32))
+    with pytest.raises(InputShapeError):
+        runtime.predict(np.zeros((WINDOW, 8), dtype=np.float32))
+
+
+def test_manifest_rejects_unknown_keys(repo: Path):
+    data = json.loads((version_dir(repo, "lstm", "v1") / "manifest.json").read_text())
+    Manifest.model_validate(data)
+    with pytest.raises(ValueError):
+        Manifest.model_validate({**data, "surprise": 1})
+
+
+def test_list_versions(repo: Path):
+    assert list_versions(repo) == {m: list(VERSIONS) for m in sorted(MEMBERS)}
+
+
+def test_market_data_is_deterministic_and_aligned():
+    a, b = generate_market(1000, 5), generate_market(1000, 5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, generate_market(1000, 6))
+    assert a.shape == (1000, len(FEATURES)) and (a[:, 0] > 0).all() and (a[:, 3] > 0).all()
+    x, y = make_windows(a, 0, 1000)
+    assert x.shape == (1000 - WINDOW, WINDOW, len(FEATURES))
+    assert y[3] == pytest.approx(a[3 + WINDOW, 0] / a[3 + WINDOW - 1, 0] - 1, rel=1e-5)
+    assert engineer(x[:4]).shape == (4, len(FEATURE_NAMES))
