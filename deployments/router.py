@@ -6,6 +6,8 @@ annotations here: FastAPI must see the real `Request` type on the routes Serve r
 """
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -18,9 +20,15 @@ from ray.util import metrics
 
 from ensemble.config import GraphArgs, deployment_name
 from ensemble.fanout import CallOutcome, EnsemblePredictor
-from ensemble.schemas import BatchPrediction, ErrorBody, Prediction, PredictRequest
-from ensemble.validation import Limits, RequestError, parse_predict
+from ensemble.ledger import PredictionRow
+from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Prediction, PredictRequest
+from ensemble.validation import Limits, RequestError, parse_feedback, parse_predict
 from deployments.openapi import json_body
+
+logger = logging.getLogger("ray.serve")
+LOG_FLUSH_S = 0.05  # how often predictions go to the control plane's log
+LOG_BUFFER_ROWS = 100_000  # beyond this (control plane down) the oldest unsent rows are dropped
+POLL_WAIT_S = 5.0
 
 app = FastAPI(
     title="Ensemble model server",
@@ -72,13 +80,15 @@ class MemberMetrics:
 @serve.ingress(app)
 class EnsembleRouter:
     def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle]],
-                 contract: dict[str, int]) -> None:
+                 contract: dict[str, int], control: DeploymentHandle) -> None:
         self.args = GraphArgs.model_validate(args)
         self.members = members
+        self.control = control
         router = self.args.router
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
                              router.max_instances, router.max_body_bytes)
-        self.priors = {
+        # The priors serve until the control plane's first answer.
+        self.weights = {
             deployment_name(model, version): spec.prior
             for model, spec in self.args.members.items()
             for version in spec.versions
@@ -87,12 +97,48 @@ class EnsembleRouter:
             calls={model: {version: handle.predict.remote for version, handle in versions.items()}
                    for model, versions in members.items()},
             splits={model: spec.split() for model, spec in self.args.members.items()},
-            weights=lambda: self.priors,
+            weights=lambda: self.weights,
             deadline_s=router.deadline_s,
             max_rows=min(v.max_batch_rows for spec in self.args.members.values() for v in spec.versions.values()),
             max_in_flight=router.max_in_flight,
         )
         self.metrics = MemberMetrics()
+        self.dropped_log_rows = metrics.Counter(
+            "ensemble_prediction_log_dropped", "Predictions dropped before reaching the log (control plane down)."
+        )
+        self._log_rows: list[PredictionRow] = []
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
+
+    async def _follow_control(self) -> None:
+        """Long-poll the control plane so a change reaches this replica as soon as it happens."""
+        epoch = -1
+        while True:
+            try:
+                snapshot = await self.control.snapshot.remote(epoch, POLL_WAIT_S)
+                epoch, self.weights = snapshot["epoch"], snapshot["weights"]
+            except Exception:  # noqa: BLE001 - keep serving with the last weights; retry
+                logger.warning("control plane unreachable; serving with the last weights", exc_info=True)
+                await asyncio.sleep(0.5)
+
+    async def _ship_log(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_S)
+            await self._flush_log()
+
+    async def _flush_log(self) -> None:
+        rows, self._log_rows = self._log_rows, []
+        if not rows:
+            return
+        try:
+            await self.control.record.remote(rows)
+        except Exception:  # noqa: BLE001 - put them back and try again; never fail a request for it
+            logger.warning("could not ship %d predictions to the log", len(rows), exc_info=True)
+            self._log_rows = rows + self._log_rows
+            overflow = len(self._log_rows) - LOG_BUFFER_ROWS
+            if overflow > 0:
+                del self._log_rows[:overflow]
+                self.dropped_log_rows.inc(overflow)
 
     @app.post(
         "/v1/predict",
@@ -107,10 +153,29 @@ class EnsembleRouter:
         unanswered = int(np.isnan(result.combined).sum())
         answers = result.answers(parsed.request_ids)
         self.metrics.record(result.outcomes, sum(a["degraded"] for a in answers))
+        now = time.time()
+        self._log_rows.extend(
+            (request_id, now, result.member_predictions(b)) for b, request_id in enumerate(parsed.request_ids)
+        )
         if unanswered:
             failed = sorted({f"{o.model}-{o.version}: {o.status}" for o in result.outcomes if o.status != "ok"})
             return json_response({"detail": f"no member answered ({', '.join(failed)})"}, 503)
         return json_response(answers[0] if parsed.single else {"predictions": answers})
+
+    @app.post(
+        "/v1/feedback",
+        responses=ERRORS,
+        openapi_extra=json_body(FeedbackRequest),
+        summary="Send the actual value of earlier predictions; trust is learned from it",
+    )
+    async def feedback(self, request: Request) -> Response:
+        items = parse_feedback(await request.body(), self.limits.max_body_bytes, self.args.ledger.max_feedback_items)
+        await self._flush_log()  # our own recent predictions must be joinable at once
+        return json_response(await self.control.feedback.remote(items))
+
+    @app.get("/v1/trust", summary="Weights, per-member error statistics and drift flags")
+    async def trust(self) -> Response:
+        return json_response(await self.control.trust.remote())
 
     @app.get("/healthz", summary="The router process is up")
     async def healthz(self) -> dict[str, str]:

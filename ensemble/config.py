@@ -8,16 +8,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from ensemble.ledger import LedgerSpec
+from ensemble.strict import StrictModel
+from ensemble.trust import TrustSpec
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 VERSION_PATTERN = re.compile(r"^v[0-9]+[a-z0-9_]*$")
-
-
-class StrictModel(BaseModel):
-    """Base for every schema: unknown keys are errors, not silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class AutoscalingSpec(StrictModel):
@@ -133,6 +131,15 @@ class RouterSpec(ReplicaSpec):
     )
 
 
+class StateSpec(StrictModel):
+    """The store of everything that must survive a restart."""
+
+    url: str = Field(
+        "sqlite:///state/ensemble.db",
+        description="SQLAlchemy URL: an embedded SQLite file (relative to the working directory) or postgresql://…",
+    )
+
+
 class GraphArgs(StrictModel):
     """Arguments of the ensemble application builder (the `args:` of a Serve YAML application)."""
 
@@ -140,6 +147,9 @@ class GraphArgs(StrictModel):
     members: dict[str, MemberSpec] = Field(description="Members by model name, as in the model repository.")
     router: RouterSpec = Field(default_factory=RouterSpec, description="The ingress router deployment.")
     combine: Literal["weighted_mean"] = Field("weighted_mean", description="How member answers are combined.")
+    trust: TrustSpec = Field(default_factory=TrustSpec, description="How trust is learned from feedback.")
+    ledger: LedgerSpec = Field(default_factory=LedgerSpec, description="Prediction log and feedback join.")
+    state: StateSpec = Field(default_factory=lambda: StateSpec(), description="Where learned state persists.")
 
     @model_validator(mode="after")
     def _names(self) -> GraphArgs:

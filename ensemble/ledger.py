@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from pydantic import Field
 
-from ensemble.config import StrictModel
+from ensemble.strict import StrictModel
 from ensemble.store import StateStore
 from ensemble.trust import TrustBook
 

@@ -6,13 +6,11 @@ describe the contract in /openapi.json and shape the responses.
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from ensemble.strict import StrictModel
 
 Window = list[list[float]]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class PredictInstance(StrictModel):
@@ -52,3 +50,16 @@ class BatchPrediction(StrictModel):
 
 class ErrorBody(StrictModel):
     detail: str = Field(description="What was wrong, naming the field.")
+
+
+class Label(StrictModel):
+    request_id: str = Field(description="The request_id of an earlier prediction.")
+    actual: float = Field(description="The value that really happened (finite).")
+
+
+class FeedbackRequest(StrictModel):
+    """Either one label (`request_id`, `actual`) or a batch in `items`."""
+
+    request_id: str | None = Field(None, description="Id of the prediction this label belongs to.")
+    actual: float | None = Field(None, description="The actual next-step return.")
+    items: list[Label] | None = Field(None, description="Several labels, applied all or none.")

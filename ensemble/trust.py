@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ensemble.config import StrictModel
+from ensemble.strict import StrictModel
 
 PolicyName = Literal["static", "hedge", "inverse_error"]
 

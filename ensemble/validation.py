@@ -155,3 +155,41 @@ def _parse_instances(instances: Any, limits: Limits) -> PredictInput:
     if len(set(request_ids)) != len(request_ids):
         raise RequestError(422, "instances: request_id values must be unique within a batch")
     return PredictInput(np.stack(windows), request_ids, keys, single=False)
+
+
+_LABEL_KEYS = frozenset({"request_id", "actual"})
+
+
+def _parse_label(item: Any, field: str) -> tuple[str, float]:
+    if not isinstance(item, dict):
+        raise RequestError(422, f"{field or 'body'}: expected an object with request_id and actual")
+    prefix = f"{field}." if field else ""
+    unknown = sorted(set(item) - _LABEL_KEYS)
+    if unknown:
+        raise RequestError(422, f"{prefix}{unknown[0]}: unknown field")
+    for name in ("request_id", "actual"):
+        if name not in item:
+            raise RequestError(422, f"{prefix}{name}: field required")
+    request_id = _optional_str(item, "request_id", prefix)
+    actual = item["actual"]
+    if isinstance(actual, bool) or not isinstance(actual, (int, float)):
+        raise RequestError(422, f"{prefix}actual: expected a number, got {type(actual).__name__}")
+    if not abs(actual) <= FLOAT32_MAX:
+        raise RequestError(422, f"{prefix}actual: {actual!r} is not a finite number")
+    return request_id, float(actual)
+
+
+def parse_feedback(body: bytes, max_body_bytes: int, max_items: int) -> list[tuple[str, float]]:
+    """Parse POST /v1/feedback: one {request_id, actual} or {"items": [...]}; all valid or nothing."""
+    payload = load_json(body, max_body_bytes)
+    if isinstance(payload, dict) and "items" in payload:
+        extra = sorted(set(payload) - {"items"})
+        if extra:
+            raise RequestError(422, f"{extra[0]}: not allowed beside items")
+        items = payload["items"]
+        if not isinstance(items, list) or not items:
+            raise RequestError(422, "items: expected a non-empty list of {request_id, actual}")
+        if len(items) > max_items:
+            raise RequestError(413, f"items: {len(items)} exceeds the limit of {max_items}")
+        return [_parse_label(item, f"items[{i}]") for i, item in enumerate(items)]
+    return [_parse_label(payload, "")]

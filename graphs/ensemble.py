@@ -1,10 +1,13 @@
-"""Typed application builder: `import_path: graphs.ensemble:build_app` in the Serve YAML files."""
-from __future__ import annotations
+"""Typed application builder: `import_path: graphs.ensemble:build_app` in the Serve YAML files.
+
+No postponed annotations: Serve reads `build_app`'s parameter type to validate the YAML args.
+"""
 
 from typing import Any
 
 from ray.serve import Application
 
+from deployments.control import ControlPlane
 from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs, MemberVersionSpec, ReplicaSpec, deployment_name
@@ -63,6 +66,7 @@ def build_app(args: GraphArgs) -> Application:
         model: {version: _member(args, model, version, vspec) for version, vspec in spec.versions.items()}
         for model, spec in args.members.items()
     }
+    config = args.model_dump(mode="json")
     return EnsembleRouter.options(**_deployment_options(args.router)).bind(
-        args.model_dump(mode="json"), members, input_contract(args)
+        config, members, input_contract(args), ControlPlane.bind(config)
     )

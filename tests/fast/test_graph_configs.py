@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.serve import Application
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 from ensemble.config import GraphArgs
@@ -24,10 +26,10 @@ def test_graph_yaml_is_valid_serve_config_and_builder_args(path: Path, tiny_repo
     schema = ServeDeploySchema.model_validate(config)
     for app in schema.applications:
         assert app.import_path == "graphs.ensemble:build_app"
-        args = GraphArgs.model_validate(app.args)
-        # The builder binds every (model, version) once, under its own deployment name.
-        built = build_app(args.model_copy(update={"model_root": str(tiny_repo)}))
-        assert built is not None
+        GraphArgs.model_validate(app.args)
+        # Exactly what `serve run` / `serve deploy` do with the YAML's args.
+        built = call_user_app_builder_with_args_if_necessary(build_app, {**app.args, "model_root": str(tiny_repo)})
+        assert isinstance(built, Application)
 
 
 def test_unknown_keys_are_rejected():

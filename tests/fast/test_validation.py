@@ -85,3 +85,34 @@ def test_nan_inside_numbers_is_rejected():
     # NaN cannot be written in JSON; a huge exponent is the way infinity sneaks in.
     error = rejected(b'{"window": [' + b",".join([b"[1e308,1,1,1,1,1,1,1]"] * T) + b"]}")
     assert error.status == 422 and "window[0][0]" in error.message
+
+
+from ensemble.validation import parse_feedback  # noqa: E402
+
+
+def test_feedback_single_and_batch():
+    assert parse_feedback(body({"request_id": "a", "actual": 0.5}), 10_000, 10) == [("a", 0.5)]
+    items = [{"request_id": f"r{i}", "actual": i} for i in range(3)]
+    assert parse_feedback(body({"items": items}), 10_000, 10) == [("r0", 0.0), ("r1", 1.0), ("r2", 2.0)]
+
+
+@pytest.mark.parametrize(
+    "payload, status, field",
+    [
+        ({"request_id": "a"}, 422, "actual: field required"),
+        ({"actual": 1.0}, 422, "request_id: field required"),
+        ({"request_id": "a", "actual": "1"}, 422, "actual: expected a number"),
+        ({"request_id": "a", "actual": True}, 422, "actual: expected a number"),
+        ({"request_id": "a", "actual": 1e39}, 422, "actual: 1e+39 is not a finite"),
+        ({"request_id": 5, "actual": 1}, 422, "request_id: expected a string"),
+        ({"items": [{"request_id": "a", "actual": 1}, {"request_id": "b"}]}, 422, "items[1].actual: field required"),
+        ({"items": [{"request_id": "a", "actual": 1}] * 11}, 413, "items: 11 exceeds"),
+        ({"items": []}, 422, "items: expected a non-empty list"),
+        ({"items": [1]}, 422, "items[0]: expected an object"),
+        ({"request_id": "a", "actual": 1, "x": 2}, 422, "x: unknown field"),
+    ],
+)
+def test_bad_feedback_names_the_field(payload, status, field):
+    with pytest.raises(RequestError) as info:
+        parse_feedback(body(payload), 10_000, 10)
+    assert info.value.status == status and field in info.value.message

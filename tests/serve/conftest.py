@@ -12,6 +12,7 @@ import pytest
 import ray
 from ray import serve
 
+from deployments.control import ControlPlane
 from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
@@ -26,6 +27,7 @@ SMALL = {"num_cpus": 0.1}
 class ServeSession:
     url: str
     model_root: Path
+    state_url: str
 
 
 def free_port() -> int:
@@ -47,21 +49,23 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def graph_args(model_root: Path, **router: object) -> GraphArgs:
+def graph_args(model_root: Path, state_url: str, **router: object) -> GraphArgs:
     return GraphArgs.model_validate(
         {
             "model_root": str(model_root),
+            "state": {"url": state_url},
             "router": {**SMALL, "deadline_s": 2.0, "max_rows": 512, "max_instances": 16, **router},
             "members": {m: {"versions": {"v1": {**SMALL, "max_batch_rows": 64}}} for m in MEMBERS},
         }
     )
 
 
-def faulty_app(model_root: Path):
+def faulty_app(model_root: Path, state_url: str):
     """xgboost beside a member that raises and one that hangs, with a short deadline."""
     args = GraphArgs.model_validate(
         {
             "model_root": str(model_root),
+            "state": {"url": state_url},
             "router": {**SMALL, "deadline_s": 0.5},
             "members": {m: {"versions": {"v1": SMALL}} for m in ("xgboost", "broken", "stalled")},
         }
@@ -72,24 +76,27 @@ def faulty_app(model_root: Path):
         "broken": {"v1": FaultyMember.options(name="broken-v1").bind("broken-v1", "raise")},
         "stalled": {"v1": FaultyMember.options(name="stalled-v1").bind("stalled-v1", "hang")},
     }
+    config = args.model_dump(mode="json")
     return EnsembleRouter.options(name="FaultyRouter", ray_actor_options=SMALL).bind(
-        args.model_dump(mode="json"), members, {"window": 128, "n_features": 8}
+        config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config)
     )
 
 
 @pytest.fixture(scope="session")
-def serve_session(tiny_repo: Path) -> Iterator[ServeSession]:
+def serve_session(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeSession]:
     model_root = tiny_repo
+    state = tmp_path_factory.mktemp("state")
+    state_url = f"sqlite:///{state / 'ensemble.db'}"
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(graph_args(model_root)), name="ensemble", route_prefix="/", blocking=False)
-        serve.run(faulty_app(model_root), name="faulty", route_prefix="/faulty", blocking=False)
+        serve.run(build_app(graph_args(model_root, state_url)), name="ensemble", route_prefix="/")
+        serve.run(faulty_app(model_root, f"sqlite:///{state / 'faulty.db'}"), name="faulty", route_prefix="/faulty")
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 180, "ensemble ready")
         wait_until(lambda: httpx.get(f"{url}/faulty/healthz", timeout=5).status_code == 200, 60, "faulty app up")
-        yield ServeSession(url, model_root)
+        yield ServeSession(url, model_root, state_url)
     finally:
         serve.shutdown()
         ray.shutdown()

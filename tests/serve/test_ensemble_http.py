@@ -7,7 +7,13 @@ import httpx
 import numpy as np
 import pytest
 
+from ray import serve
+
+from deployments.control import ControlPlane
+from deployments.router import EnsembleRouter
+from ensemble.config import GraphArgs
 from models.data import sample_windows
+from tests.serve.faulty import FaultyMember
 from tests.serve.conftest import MEMBERS
 
 WINDOWS = sample_windows(8, seed=11)
@@ -114,18 +120,13 @@ def test_raising_and_hanging_members_degrade_the_answer(client: httpx.Client):
 
 
 def test_no_member_answering_is_503(client: httpx.Client, serve_session):
-    from ray import serve
-
-    from tests.serve.faulty import FaultyMember
-    # Only failing members: build it by hand on its own route.
-    from deployments.router import EnsembleRouter
-    from ensemble.config import GraphArgs
-
     args = GraphArgs.model_validate({"router": {"num_cpus": 0.05, "deadline_s": 0.3},
+                                     "state": {"url": serve_session.state_url.replace("ensemble.db", "dead.db")},
                                      "members": {"broken": {"versions": {"v1": {}}}}})
+    config = args.model_dump(mode="json")
     members = {"broken": {"v1": FaultyMember.options(name="only-broken-v1").bind("only-broken-v1", "raise")}}
     app = EnsembleRouter.options(name="DeadRouter", ray_actor_options={"num_cpus": 0.05}).bind(
-        args.model_dump(mode="json"), members, {"window": 128, "n_features": 8})
+        config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config))
     serve.run(app, name="dead", route_prefix="/dead")
     try:
         response = client.post("/dead/v1/predict", json={"window": window()})

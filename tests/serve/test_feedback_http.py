@@ -1,0 +1,76 @@
+"""Learned trust over HTTP: feedback moves the weights, and a restart keeps them exactly."""
+from __future__ import annotations
+
+import httpx
+import pytest
+from ray import serve
+
+from graphs.ensemble import build_app
+from models.data import sample_windows
+from tests.serve.conftest import MEMBERS, graph_args, wait_until
+
+WINDOWS = sample_windows(200, seed=21)
+
+
+def trust_weights(client: httpx.Client) -> dict[str, float]:
+    return {name: m["weight"] for name, m in client.get("/v1/trust").json()["members"].items()}
+
+
+def test_feedback_that_matches_one_member_makes_it_the_most_trusted(client: httpx.Client, serve_session):
+    answers = client.post("/v1/predict", json={
+        "instances": [{"window": w.tolist(), "request_id": f"fb-{i}"} for i, w in enumerate(WINDOWS[:16])]
+    }).json()["predictions"]
+    answers += [
+        client.post("/v1/predict", json={"window": w.tolist(), "request_id": f"fb-{i}"}).json()
+        for i, w in enumerate(WINDOWS[16:], start=16)
+    ]
+    # The truth always equals lstm's prediction: lstm must end up trusted above every other member.
+    labels = [{"request_id": a["request_id"], "actual": a["members"]["lstm"]["prediction"]} for a in answers]
+    report = client.post("/v1/feedback", json={"items": labels}).json()
+    assert report["received"] == 200 and report["applied"] == 200, report
+
+    def lstm_leads() -> bool:
+        weights = trust_weights(client)
+        return all(weights["lstm-v1"] > w for name, w in weights.items() if name != "lstm-v1")
+
+    wait_until(lstm_leads, 5, "lstm to lead the weights")
+    # The routers serve with the learned weights, not the priors.
+    answer = client.post("/v1/predict", json={"window": WINDOWS[0].tolist()}).json()
+    assert answer["members"]["lstm"]["weight"] == max(m["weight"] for m in answer["members"].values())
+
+    again = client.post("/v1/feedback", json={"items": labels[:5] + [{"request_id": "nobody", "actual": 0.1}]}).json()
+    assert again["duplicate"] == 5 and again["applied"] == 0 and again["pending"] + again["unknown"] == 1
+
+    trust = client.get("/v1/trust").json()
+    assert trust["policy"] == "hedge" and trust["members"]["lstm-v1"]["labels"] >= 200
+    assert set(trust["members"]["xgboost-v1"]["drift"]) >= {"ratio", "rolling_mse", "baseline_mse", "drift"}
+
+    # Restart the whole application: the weights come back exactly.
+    before = trust_weights(client)
+    serve.delete("ensemble")
+    serve.run(build_app(graph_args(serve_session.model_root, serve_session.state_url)), name="ensemble", route_prefix="/")
+    wait_until(lambda: client.get("/readyz").status_code == 200, 120, "ensemble ready after restart")
+    after = trust_weights(client)
+    assert sorted(after) == sorted(before)
+    for name in before:
+        assert after[name] == pytest.approx(before[name], abs=1e-6)
+    assert client.get("/v1/trust").json()["members"]["lstm-v1"]["labels"] >= 200
+
+
+@pytest.mark.parametrize(
+    "payload, status",
+    [
+        ({"items": [{"request_id": "fb-1", "actual": 0.1}, {"request_id": "fb-2", "actual": "x"}]}, 422),
+        ({"request_id": "fb-1"}, 422),
+        ({"items": [{"request_id": f"r{i}", "actual": 0.0} for i in range(10_001)]}, 413),
+    ],
+)
+def test_bad_feedback_is_4xx_and_applies_nothing(client: httpx.Client, payload, status):
+    before = client.get("/v1/trust").json()["feedback"]
+    response = client.post("/v1/feedback", json=payload)
+    assert response.status_code == status and response.json()["detail"]
+    assert client.get("/v1/trust").json()["feedback"] == before
+
+
+def test_members_are_all_reported(client: httpx.Client):
+    assert sorted(client.get("/v1/trust").json()["members"]) == sorted(f"{m}-v1" for m in MEMBERS)
