@@ -53,7 +53,9 @@ def _baselines(args: GraphArgs) -> dict[str, float]:
     return baselines
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.1})
+# Access logs off: routers long-poll `snapshot` every few seconds, which would flood them.
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.1},
+                  logging_config={"enable_access_log": False})
 class ControlPlane:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = GraphArgs.model_validate(args)
