@@ -1,83 +1,118 @@
-"""The model repository: `<root>/<model>/<version>/` holding artifacts and a manifest.json.
+"""The model repository: `<root>/<model>/<version>/` holding artifacts and a `manifest.json`.
 
-Every artifact's SHA-256 is checked against the manifest before anything is loaded, and
-nothing is unpickled: trees are JSON/text, nets are ONNX or a weights-only state dict.
+A version exists once its manifest does: artifacts are moved in first and the manifest is
+written last (atomically), so a reader never sees a manifest without its artifacts. Every
+artifact's SHA-256 is checked against the manifest before anything is loaded, and nothing is
+unpickled: trees are XGBoost JSON / LightGBM text, nets ONNX or a weights-only state dict.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from models.data import FEATURES, N_FEATURES, WINDOW
 from models.errors import ArtifactIntegrityError, ModelError, ModelLoadError
-from models.runtimes.base import Runtime
+from models.runtimes.base import Runtime, runtime_class
 
 Framework = Literal["xgboost", "lightgbm", "onnx", "torch"]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 MANIFEST = "manifest.json"
-# Imported on demand, so a replica loads only its own framework.
-RUNTIMES: dict[str, str] = {
-    "xgboost": "models.runtimes.xgboost_runtime:XGBoostRuntime",
-    "lightgbm": "models.runtimes.lightgbm_runtime:LightGBMRuntime",
-    "onnx": "models.runtimes.onnx_runtime:ONNXRuntime",
-    "torch": "models.runtimes.torch_runtime:TorchRuntime",
-}
+WARM_UP_BATCHES = (1, 32)
 
 
 class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a manifest must not pass silently."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class InputContract(Strict):
-    window: int = Field(WINDOW, description="Rows (time steps) per window, T.")
-    n_features: int = Field(N_FEATURES, description="Features per row, F.")
+    window: int = Field(WINDOW, gt=0, description="Rows (time steps) per window, T; oldest first.")
+    n_features: int = Field(N_FEATURES, gt=0, description="Features per row, F.")
     features: list[str] = Field(list(FEATURES), description="Feature names in column order.")
+    dtype: Literal["float32"] = Field("float32", description="Element type of the batch [B, T, F].")
+
+    @model_validator(mode="after")
+    def _names_match_count(self) -> InputContract:
+        if len(self.features) != self.n_features:
+            raise ValueError(f"{len(self.features)} feature names for n_features={self.n_features}")
+        return self
 
 
 class OutputContract(Strict):
-    name: str = Field("next_return", description="What the model predicts: close[t+1]/close[t] - 1.")
-    shape: list[str] = Field(["B"], description="One float per window.")
+    name: Literal["next_return"] = Field("next_return", description="close[t+1] / close[t] - 1 for a window ending at t.")
+    shape: list[str] = Field(["B"], description="One value per window in the batch.")
+    dtype: Literal["float32"] = Field("float32", description="Element type of the output.")
+
+
+class Export(Strict):
+    source: Literal["torch"] = Field(description="Framework the net was trained in before export.")
+    source_version: str = Field(description="Version of that framework.")
+    opset: int = Field(description="ONNX opset of the exported graph.")
+    max_abs_diff: float = Field(description="Largest |exported - source| prediction over the holdout windows.")
 
 
 class Training(Strict):
-    seed: int = Field(description="Seed of the data generator and the trainer.")
-    data_start: int = Field(description="First step of the training span in the generated series.")
-    data_stop: int = Field(description="Step after the last of the training span.")
-    n_train: int = Field(description="Training windows.")
-    params: dict[str, Any] = Field(description="Hyperparameters the model was trained with.")
-    seconds: float = Field(description="Wall-clock training time.")
-    trained_at: str = Field(description="UTC time of training, ISO 8601.")
+    seed: int = Field(description="Seed of this version's trainer (weights, sampling, bagging).")
+    data_seed: int = Field(description="Seed of the synthetic market series (models.data.generate_market).")
+    data_start: int = Field(ge=0, description="First step of the training span in the generated series.")
+    data_stop: int = Field(gt=0, description="Step after the training span; the holdout starts here.")
+    validation_start: int = Field(ge=0, description="Step where the early-stopping slice at the end of the span starts.")
+    n_train: int = Field(gt=0, description="Windows fitted on.")
+    n_validation: int = Field(gt=0, description="Windows used for early stopping.")
+    iterations: int = Field(ge=0, description="Boosting rounds or epochs kept by early stopping (0: none beat zero).")
+    params: dict[str, Any] = Field(description="Trainer parameters (learning rate, depth, batch size...).")
+    trained_at: AwareDatetime = Field(description="When training finished.")
+    durations: dict[str, float] = Field(description="Seconds per phase: fit, export, evaluate.")
+    libraries: dict[str, str] = Field(description="Versions of the libraries that produced the artifacts.")
 
 
 class Metrics(Strict):
-    mse: float = Field(description="Mean squared error on the holdout.")
-    mae: float = Field(description="Mean absolute error on the holdout.")
-    r2: float = Field(description="1 - MSE / variance of the holdout targets.")
-    directional_accuracy: float = Field(description="Share of holdout windows whose return sign is predicted.")
-    n: int = Field(description="Holdout windows.")
+    mse: float = Field(ge=0, description="Mean squared error of the predicted return.")
+    mae: float = Field(ge=0, description="Mean absolute error.")
+    r2: float = Field(description="1 - MSE / variance of the targets.")
+    corr: float = Field(description="Pearson correlation of predictions and targets.")
+    directional_accuracy: float = Field(ge=0, le=1, description="Share of windows whose return sign is predicted.")
+    zero_mse: float = Field(ge=0, description="MSE of always predicting zero, the baseline to beat.")
+    n: int = Field(gt=0, description="Windows evaluated.")
 
 
 class Manifest(Strict):
-    name: str = Field(description="Model name, e.g. patchtst.")
-    version: str = Field(description="Version, e.g. v2.")
-    framework: Framework = Field(description="Runtime that serves it.")
-    input: InputContract = Field(default_factory=InputContract, description="Input contract.")
-    output: OutputContract = Field(default_factory=OutputContract, description="Output contract.")
-    artifacts: dict[str, str] = Field(description="Artifact file name -> SHA-256 hex digest.")
-    architecture: str | None = Field(None, description="Net class for torch/onnx members (see models.nets).")
-    hparams: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments of the net.")
-    training: Training = Field(description="How it was trained.")
-    holdout: Metrics = Field(description="Holdout metrics.")
+    schema_version: Literal[1] = Field(1, description="Version of this manifest schema.")
+    name: str = Field(min_length=1, description="Model (member) name, e.g. patchtst.")
+    version: str = Field(min_length=1, description="Model version, e.g. v2.")
+    framework: Framework = Field(description="The runtime that serves the artifacts (models.runtimes).")
+    input: InputContract = Field(default_factory=InputContract, description="What predict takes.")
+    output: OutputContract = Field(default_factory=OutputContract, description="What predict returns.")
+    artifacts: dict[str, Sha256] = Field(min_length=1, description="Artifact file name -> SHA-256 hex digest.")
+    architecture: str | None = Field(None, description="Net class in models.nets.NETS for torch and ONNX members.")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments of that net.")
+    export: Export | None = Field(None, description="For ONNX members: where the graph came from and its parity check.")
+    training: Training = Field(description="How the version was trained.")
+    holdout: Metrics = Field(description="Metrics on the holdout span after the training span.")
+
+    @model_validator(mode="after")
+    def _nets_name_their_architecture(self) -> Manifest:
+        # The torch runtime rebuilds the module from these; for ONNX they document the graph.
+        if self.framework in ("torch", "onnx") and self.architecture is None:
+            raise ValueError(f"framework {self.framework} needs an architecture")
+        if self.framework == "onnx" and self.export is None:
+            raise ValueError("an ONNX member records its export")
+        return self
 
 
 def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -86,56 +121,105 @@ def version_dir(root: str | Path, model: str, version: str) -> Path:
     return Path(root) / model / version
 
 
-def write_manifest(directory: Path, fields: dict[str, Any]) -> Manifest:
-    """Hash the artifacts named in `fields['artifacts']` and write the manifest last."""
-    fields = {**fields, "artifacts": {name: sha256(directory / name) for name in fields["artifacts"]}}
-    manifest = Manifest.model_validate(fields)
-    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+def write_version(
+    root: str | Path,
+    model: str,
+    version: str,
+    framework: Framework,
+    artifacts: dict[str, Path],
+    *,
+    training: Training,
+    holdout: Metrics,
+    architecture: str | None = None,
+    hparams: dict[str, Any] | None = None,
+    export: Export | None = None,
+) -> Manifest:
+    """Install one version: move `artifacts` (file name -> current path) in, hash them, write the manifest.
+
+    The old manifest goes first and the new one comes last, so until this returns the version
+    is absent rather than half-written; files of a previous training not in `artifacts` are removed.
+    """
+    directory = version_dir(root, model, version)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    for stale in directory.iterdir():
+        if stale.name in artifacts:
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    for name, source in artifacts.items():
+        if Path(source).resolve() != (directory / name).resolve():
+            shutil.move(source, directory / name)
+    manifest = Manifest(
+        name=model, version=version, framework=framework,
+        artifacts={name: sha256(directory / name) for name in artifacts},
+        architecture=architecture, hparams=hparams or {}, export=export, training=training, holdout=holdout,
+    )
+    _write_atomically(directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     return manifest
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600; replicas may run as another user
+    os.replace(f.name, path)
+
+
 def read_manifest(root: str | Path, model: str, version: str) -> Manifest:
+    """The validated manifest of one version; ModelLoadError when it is missing or invalid."""
     path = version_dir(root, model, version) / MANIFEST
     try:
-        return Manifest.model_validate(json.loads(path.read_text()))
+        manifest = Manifest.model_validate(json.loads(path.read_bytes()))
     except FileNotFoundError:
         raise ModelLoadError(f"{model}/{version}: no manifest at {path}") from None
-    except (ValueError, ValidationError) as exc:
-        raise ModelLoadError(f"{model}/{version}: invalid manifest: {exc}") from None
+    except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+        raise ModelLoadError(f"{model}/{version}: invalid manifest {path}: {exc}") from None
+    if (manifest.name, manifest.version) != (model, version):
+        raise ModelLoadError(f"{path} describes {manifest.name}/{manifest.version}, not {model}/{version}")
+    return manifest
 
 
 def verify_artifacts(directory: Path, manifest: Manifest) -> None:
+    """Raise ArtifactIntegrityError unless every artifact is present with the manifest's SHA-256."""
     for name, expected in manifest.artifacts.items():
         path = directory / name
-        if not path.is_file():
-            raise ArtifactIntegrityError(f"{manifest.name}/{manifest.version}: artifact {name} is missing")
-        actual = sha256(path)
+        actual = sha256(path) if path.is_file() else None
         if actual != expected:
-            raise ArtifactIntegrityError(
-                f"{manifest.name}/{manifest.version}: artifact {name} has SHA-256 {actual}, manifest says {expected}"
-            )
+            raise ArtifactIntegrityError(path, expected, actual)
 
 
 def list_versions(root: str | Path) -> dict[str, list[str]]:
-    return {
+    """Model name -> its versions that have a manifest, both sorted; hidden and empty directories skipped."""
+    versions = {
         model.name: sorted(v.name for v in model.iterdir() if (v / MANIFEST).is_file())
         for model in sorted(Path(root).iterdir())
-        if model.is_dir()
+        if model.is_dir() and not model.name.startswith(".")
     }
+    return {model: found for model, found in versions.items() if found}
 
 
 def load_runtime(root: str | Path, model: str, version: str, num_threads: int = 1, device: str = "cpu") -> Runtime:
-    """Verify, load and warm up one version."""
+    """Read the manifest, verify the artifacts, then load and warm up the framework's runtime.
+
+    Raises ModelLoadError (ArtifactIntegrityError for a missing or altered artifact) with any
+    framework exception as its cause.
+    """
     manifest = read_manifest(root, model, version)
     directory = version_dir(root, model, version)
-    verify_artifacts(directory, manifest)
-    module_name, class_name = RUNTIMES[manifest.framework].split(":")
-    runtime_class = getattr(importlib.import_module(module_name), class_name)
+    verify_artifacts(directory, manifest)  # before any framework parses a byte of it
+    if manifest.input.features != list(FEATURES):
+        raise ModelLoadError(f"{model}/{version} expects features {manifest.input.features}, this code has {FEATURES}")
     try:
-        runtime = runtime_class(directory, manifest, num_threads, device)
-        runtime.warm_up()
-    except ModelError:
+        runtime = runtime_class(manifest.framework)()
+        runtime.load(directory, manifest, num_threads=num_threads, device=device)
+        runtime.warm_up(WARM_UP_BATCHES)
+    except ModelLoadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any framework failure is a load error of ours
+    except Exception as exc:  # noqa: BLE001 - whatever the framework raises is a load failure of ours
         raise ModelLoadError(f"{model}/{version}: {type(exc).__name__}: {exc}") from exc
     return runtime

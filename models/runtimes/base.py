@@ -1,45 +1,103 @@
-"""The runtime protocol: load in the constructor, then predict float32 [B, T, F] -> float32 [B]."""
+"""What every framework runtime shares, in the style of KServe / MLServer model runtimes.
+
+A runtime is created empty, `load`ed from a verified version directory, then `predict`s
+float32 [B, T, F] -> float32 [B]. Subclasses implement `_load` and `_predict` only; input
+checks, error wrapping and warm-up live here, once.
+"""
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from models.errors import InputShapeError, ModelPredictError
+from models.data import sample_windows
+from models.errors import InputShapeError, ModelLoadError, ModelPredictError
 
 if TYPE_CHECKING:
     from models.repository import Manifest
 
+DEVICES = ("cpu", "cuda")
+# framework -> runtime class, filled as each runtime module is imported (see runtime_class).
+RUNTIMES: dict[str, type[Runtime]] = {}
+
 
 class Runtime(ABC):
-    """One loaded model version. Subclasses implement `_load` and `_predict`, nothing else."""
+    """One loaded model version."""
 
-    device = "cpu"
+    framework: ClassVar[str]
+    artifact: ClassVar[str]  # the file in the version directory this runtime loads
+    device: str = "cpu"  # where it really runs, which may differ from the device asked for
+    manifest: Manifest
 
-    def __init__(self, directory: Path, manifest: Manifest, num_threads: int, device: str) -> None:
+    def __init_subclass__(cls, framework: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if framework is not None:
+            cls.framework = framework
+            RUNTIMES[framework] = cls
+
+    def load(self, model_dir: Path, manifest: Manifest, num_threads: int = 1, device: str = "cpu") -> None:
+        """Load the artifact from `model_dir`, whose SHA-256s the caller has verified."""
+        if manifest.framework != self.framework or self.artifact not in manifest.artifacts:
+            raise ModelLoadError(f"{type(self).__name__} loads {self.framework} {self.artifact}; "
+                                 f"the manifest has {manifest.framework} {sorted(manifest.artifacts)}")
+        if device not in DEVICES or num_threads < 1:
+            raise ModelLoadError(f"device must be one of {DEVICES} and num_threads >= 1, got {device!r}, {num_threads}")
         self.manifest = manifest
-        self.shape = (manifest.input.window, manifest.input.n_features)
-        self._load(directory, num_threads, device)
+        self._shape = (manifest.input.window, manifest.input.n_features)
+        self._load(Path(model_dir) / self.artifact, num_threads, device)
 
     @abstractmethod
-    def _load(self, directory: Path, num_threads: int, device: str) -> None: ...
+    def _load(self, artifact: Path, num_threads: int, device: str) -> None:
+        """Load the framework's model from `artifact`; set `device` if not CPU."""
 
     @abstractmethod
-    def _predict(self, batch: np.ndarray) -> np.ndarray: ...
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        """C-contiguous float32 [B, T, F] -> [B] (any float dtype, any [B]-sized shape)."""
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 3 or batch.shape[1:] != self.shape:
-            raise InputShapeError(f"expected a batch [B, {self.shape[0]}, {self.shape[1]}], got {list(batch.shape)}")
-        try:
-            out = self._predict(batch)
-        except Exception as exc:  # noqa: BLE001 - wrap every framework error in ours
-            raise ModelPredictError(f"{self.manifest.name}/{self.manifest.version}: {type(exc).__name__}: {exc}") from exc
-        return np.asarray(out, dtype=np.float32).reshape(len(batch))
+        """float32 windows [B, T, F] -> float32 next returns [B].
 
-    def warm_up(self) -> None:
-        """First calls are slow in several frameworks: pay that at load, not on a request."""
-        for size in (1, 32):
-            self.predict(np.ones((size, *self.shape), dtype=np.float32) * 100)
+        InputShapeError for anything else; ModelPredictError wraps framework failures and
+        non-finite outputs.
+        """
+        try:
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InputShapeError(f"{self._name}: the batch is not numeric: {exc}") from None
+        if batch.ndim != 3 or batch.shape[1:] != self._shape or len(batch) == 0:
+            raise InputShapeError(f"{self._name}: expected a batch [B>=1, {self._shape[0]}, {self._shape[1]}], "
+                                  f"got {list(batch.shape)}")
+        try:
+            out = np.asarray(self._predict(batch), dtype=np.float32).reshape(len(batch))
+        except Exception as exc:  # noqa: BLE001 - no framework exception leaves a runtime unwrapped
+            raise ModelPredictError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
+        if not np.isfinite(out).all():
+            raise ModelPredictError(f"{self._name}: non-finite prediction for {int((~np.isfinite(out)).sum())} window(s)")
+        return out
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 32)) -> None:
+        """Predict once per batch size: first calls allocate and plan, and should not meet a request."""
+        windows = sample_windows(max(batch_sizes), seed=0)
+        for size in batch_sizes:
+            self.predict(windows[:size])
+
+    @property
+    def _name(self) -> str:
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+
+def runtime_class(framework: str) -> type[Runtime]:
+    """The runtime class for `framework`, importing `models.runtimes.<framework>_runtime` on first use.
+
+    Importing on demand means a replica pays for (and needs) only its own framework: an ONNX
+    member never imports torch, a tree member never imports onnxruntime.
+    """
+    if framework not in RUNTIMES:
+        try:
+            importlib.import_module(f"{__package__}.{framework}_runtime")
+        except ModuleNotFoundError as exc:
+            raise ModelLoadError(f"no runtime for framework {framework!r}: {exc}") from exc
+    return RUNTIMES[framework]

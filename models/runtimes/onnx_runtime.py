@@ -1,4 +1,4 @@
-"""ONNX Runtime for nets exported from torch; CUDA when asked for and available."""
+"""ONNX Runtime for nets exported from torch: CUDA when asked for and available, else CPU."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,20 +8,25 @@ import onnxruntime as ort
 
 from models.runtimes.base import Runtime
 
-ARTIFACT = "model.onnx"
+_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
-class ONNXRuntime(Runtime):
-    def _load(self, directory: Path, num_threads: int, device: str) -> None:
+class ONNXRuntime(Runtime, framework="onnx"):
+    artifact = "model.onnx"
+
+    def _load(self, artifact: Path, num_threads: int, device: str) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(directory / ARTIFACT), options, providers=providers)
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        # Replicas share few cores: idle pool threads must sleep, not spin on a neighbour's core.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = [_PROVIDERS["cpu"]]
+        if device == "cuda" and _PROVIDERS["cuda"] in ort.get_available_providers():
+            providers.insert(0, _PROVIDERS["cuda"])
+        self.session = ort.InferenceSession(str(artifact), options, providers=providers)
+        # The session silently drops a provider that fails to initialise: report the one it kept.
+        self.device = "cuda" if self.session.get_providers()[0] == _PROVIDERS["cuda"] else "cpu"
         self.input_name = self.session.get_inputs()[0].name
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Torch eager, the net rebuilt from the manifest and its weights loaded with weights_only."""
+"""Torch eager: the net rebuilt from the manifest's architecture, weights from a state dict."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +9,21 @@ import torch
 from models.nets import build_net
 from models.runtimes.base import Runtime
 
-ARTIFACT = "weights.pt"
 
+class TorchRuntime(Runtime, framework="torch"):
+    artifact = "weights.pt"
 
-class TorchRuntime(Runtime):
-    def _load(self, directory: Path, num_threads: int, device: str) -> None:
-        torch.set_num_threads(num_threads)
+    def _load(self, artifact: Path, num_threads: int, device: str) -> None:
+        torch.set_num_threads(num_threads)  # process-wide: one replica, one model
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.net = build_net(self.manifest.architecture, self.manifest.hparams)
-        self.net.load_state_dict(torch.load(directory / ARTIFACT, map_location=self.device, weights_only=True))
+        # weights_only: tensors and containers only, never arbitrary pickled objects.
+        state = torch.load(artifact, map_location=self.device, weights_only=True)
+        self.net.load_state_dict(state)
         self.net.to(self.device).eval()
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.net(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+            # A read-only array (as Ray hands them over) must be copied before torch wraps it.
+            tensor = torch.from_numpy(batch if batch.flags.writeable else batch.copy())
+            return self.net(tensor.to(self.device)).cpu().numpy()
