@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.bench-installed
 MODEL_ROOT ?= model_repo
 GRAPH ?= graphs/ensemble.yaml
 
@@ -24,6 +25,15 @@ models: $(INSTALLED)
 
 serve: models
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run $(GRAPH)
+
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# The whole benchmark against its peers, one run (about 20 minutes on 2 cores); see BENCHMARKS.md.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--duration 3 --systems noop,fastapi".
+bench: models $(BENCH_INSTALLED)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,1 @@
+"""The servers the harness compares (each started in its own process group)."""

@@ -1,0 +1,87 @@
+"""Starts one local Ray session with one Serve application on a loopback port, then waits.
+
+Run by the harness as its own process group: `python -m bench.serve_runner --app noop --port N
+--ready-file F`. It writes F (JSON) once `serve.run` has returned and shuts Serve and Ray down
+on SIGTERM/SIGINT. The `member-check` app instead measures and writes its results to F.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def build(app: str, graph: str | None, members: int):
+    """The Serve application named `app` (imports only what that app needs)."""
+    if app == "noop":
+        from bench.apps.noop import build_app
+        return build_app()
+    if app == "naive":
+        from bench.apps.naive import build_app
+        return build_app(graph)
+    if app == "member-check":
+        from bench.member_check import build_app
+        return build_app(graph)
+    from bench.apps import ensemble_apps
+    if app == "ensemble":
+        return ensemble_apps.ensemble_app(graph)
+    if app == "members":
+        return ensemble_apps.members_app(members, graph)
+    if app == "deadline":
+        return ensemble_apps.deadline_app(graph=graph)
+    raise SystemExit(f"unknown app {app!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--graph", default=None)
+    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--temp-dir", default=None)
+    parser.add_argument("--seconds", type=float, default=4.0, help="member-check: seconds per measurement")
+    opts = parser.parse_args(argv)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    if opts.app == "member-check":  # in-process baseline first, while nothing else runs
+        from bench.member_check import measure_in_process
+        inproc = measure_in_process(opts.graph, opts.seconds)
+
+    import ray
+    from ray import serve
+
+    # Replicas import bench.* too: the harness puts the repository on PYTHONPATH, which the
+    # raylet and so every worker inherit.
+    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=opts.temp_dir)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
+        app = build(opts.app, opts.graph, opts.members)
+        started = time.monotonic()
+        serve.run(app, name="bench", route_prefix="/")
+        info = {"pid": os.getpid(), "app": opts.app, "deploy_s": round(time.monotonic() - started, 2),
+                "env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
+                "ray_resources": ray.cluster_resources()}
+        if opts.app == "member-check":
+            from bench.member_check import measure_in_serve
+            info["member_check"] = {"in_process": inproc, "serve": measure_in_serve(opts.seconds, opts.graph)}
+        Path(opts.ready_file).write_text(json.dumps(info))
+        while not stop.wait(0.5):
+            pass
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

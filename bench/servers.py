@@ -1,0 +1,193 @@
+"""Starting, probing and stopping each server under test, each in its own process group.
+
+A server is a subprocess started with `start_new_session=True`. Stopping it asks the leader to
+shut down (SIGTERM: Serve and Ray shut down cleanly, uvicorn and BentoML drain), waits, then
+SIGKILLs the group and every process of its tree ever seen (by pid, checked against its start
+time, since Ray's workers may leave the group), so nothing the harness started outlives it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.procmon import tree
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# The Ray Serve ingress settings compared (environment of the whole Ray session).
+SETTINGS: dict[str, dict[str, str]] = {
+    "default": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "throughput+haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+# Only shutdown speed: direct-ingress replicas otherwise drain for 30 s before they stop.
+SHUTDOWN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+Probe = Callable[[str], bool]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def predict_probe(body: bytes, allow_degraded: bool = False) -> Probe:
+    """Ready when POST /v1/predict answers 200 (and, unless allowed, not degraded: every member up)."""
+    def probe(url: str) -> bool:
+        request = urllib.request.Request(f"{url}/v1/predict", data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200 and (allow_degraded or b'"degraded":true' not in response.read())
+    return probe
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+class Server:
+    """One server process group under test, reachable at http://127.0.0.1:<port>."""
+
+    def __init__(self, name: str, command: list[str], port: int, settings: str, log_dir: Path,
+                 env: dict[str, str] | None = None, ready_file: Path | None = None, cwd: Path = REPO) -> None:
+        self.name = name
+        self.command = command
+        self.port = port
+        self.settings = settings
+        self.env = env or {}
+        self.ready_file = ready_file
+        self.cwd = cwd
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.info: dict[str, Any] = {}
+        self.started_s = 0.0
+        self.known: dict[int, float] = {}  # pid -> start time, of every process of its tree seen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Never join a Ray instance of the caller's (RAY_ADDRESS): every server starts its own.
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(self.cwd), **self.env}
+        self._t0 = time.monotonic()
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, probe: Probe, timeout_s: float) -> None:
+        """Wait for the ready file (if any), then until `probe(url)` is true."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerFailed(f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if self.ready_file is None or self.ready_file.exists():
+                if self.ready_file is not None and not self.info:
+                    self.info = json.loads(self.ready_file.read_text())
+                try:
+                    if probe(self.url):
+                        self.started_s = time.monotonic() - self._t0
+                        self.remember()
+                        return
+                except Exception:  # noqa: BLE001 - not up yet
+                    pass
+            time.sleep(0.5)
+        raise ServerFailed(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+    def remember(self) -> None:
+        """Note every process of the tree now, to be sure to reap them at stop."""
+        for p in tree(self.pids()):
+            try:
+                self.known[p.pid] = p.create_time()
+            except psutil.NoSuchProcess:
+                pass
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        if self.alive():
+            self.remember()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        for pid, created in self.known.items():
+            try:
+                p = psutil.Process(pid)
+                if abs(p.create_time() - created) < 0.01:
+                    p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc = None
+
+
+def ray_server(name: str, app: str, log_dir: Path, settings: str = "default", extra: list[str] | None = None) -> Server:
+    """serve_runner with one app, in its own Ray instance whose sockets and HAProxy files are private."""
+    port = free_port()
+    ready = Path(tempfile.mkdtemp(prefix="bench-")) / "ready.json"
+    temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray puts unix sockets under it
+    env = {**SETTINGS[settings], **SHUTDOWN_ENV,
+           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{temp_dir}/haproxy/haproxy.cfg",
+           "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{temp_dir}/haproxy/admin.sock",
+           "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{temp_dir}/haproxy/metrics.sock",
+           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": f"{temp_dir}/haproxy",
+           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{temp_dir}/haproxy/server-state",
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [PYTHON, "-m", "bench.serve_runner", "--app", app, "--port", str(port), "--ready-file", str(ready),
+               "--temp-dir", temp_dir, *(extra or [])]
+    return Server(name, command, port, settings, log_dir, env, ready)
+
+
+def inproc_server(log_dir: Path, name: str = "fastapi") -> Server:
+    port = free_port()
+    return Server(name, [PYTHON, "-m", "bench.apps.inproc", "--port", str(port)], port, "uvicorn, 1 worker",
+                  log_dir, THREAD_ENV)
+
+
+def bento_server(venv: Path, log_dir: Path, name: str = "bentoml") -> Server:
+    """`bentoml serve` of bench/apps/bento_service.py from its own virtualenv, on loopback only."""
+    port = free_port()
+    home = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
+    command = [str(venv / "bin" / "bentoml"), "serve", "bench.apps.bento_service:Ensemble", "--host", "127.0.0.1",
+               "--port", str(port), "--working-dir", str(REPO)]
+    env = {"BENCH_REPO": str(REPO), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **THREAD_ENV}
+    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import bentoml; print(bentoml.__version__)"],
+                             capture_output=True, text=True).stdout.strip()
+    return Server(name, command, port, f"bentoml {version}, 5 member services (adaptive batching) + 1 front, "
+                  "1 worker each", log_dir, env)

@@ -1,0 +1,56 @@
+"""The harness's Serve apps are the project's builder's graph, changed only where a check needs it.
+
+Builds (binds) the applications without starting Ray, on the tiny trained repository.
+"""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.apps import ensemble_apps, naive
+from bench.apps.graph_args import alias_repo, bound_deployments, yaml_args
+from models.repository import read_manifest
+
+GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "ensemble.yaml"
+
+
+@pytest.fixture
+def graph(tiny_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """graphs/ensemble.yaml pointed at the tiny repository; state and aliases under tmp_path."""
+    config = yaml.safe_load(GRAPH.read_text())
+    config["applications"][0]["args"]["model_root"] = str(tiny_repo)
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    monkeypatch.setenv("BENCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(ensemble_apps, "ALIAS_REPO", str(tmp_path / "aliases"))
+    return str(path)
+
+
+def test_alias_is_a_valid_version_of_a_new_name(tiny_repo: Path, tmp_path: Path) -> None:
+    root = alias_repo(tiny_repo, tmp_path / "r", {"xgboost_v2": ("xgboost", "v2")})
+    manifest = read_manifest(root, "xgboost_v2", "v1")
+    assert manifest.artifacts == read_manifest(tiny_repo, "xgboost", "v2").artifacts
+    assert read_manifest(root, "lstm", "v1").name == "lstm"
+
+
+def test_naive_fanout_binds_the_builders_member_deployments(graph: str) -> None:
+    app = naive.build_app(graph)
+    members = app._bound_deployment.init_args[0]
+    assert list(members) == ["xgboost-v1", "lightgbm-v1", "patchtst-v1", "lstm-v1", "nhits-v1"]
+    project = bound_deployments(ensemble_apps.ensemble_app(graph))
+    assert members["lstm-v1"]._bound_deployment == project["lstm-v1"]._bound_deployment
+
+
+def test_deadline_app_swaps_in_one_stalled_member(graph: str) -> None:
+    app = ensemble_apps.deadline_app(graph=graph)
+    bound = bound_deployments(app)
+    assert bound["stalled-v1"]._bound_deployment.func_or_class is ensemble_apps.StalledMember.func_or_class
+    assert {"xgboost-v1", "nhits-v1"} <= set(bound)
+    assert yaml_args(graph)["router"]["deadline_s"] != 0.025  # the YAML itself is untouched
+
+
+@pytest.mark.parametrize("n", [2, 8])
+def test_members_app_serves_n_distinct_versions(graph: str, n: int) -> None:
+    bound = bound_deployments(ensemble_apps.members_app(n, graph))
+    members = [name for name in bound if name.endswith("-v1") and "_" in name]
+    assert len(members) == n

@@ -1,0 +1,87 @@
+"""The benchmark harness's arithmetic: the winning ingress, ratios to (1) and (4), targets, tables, plots."""
+import pytest
+
+from bench import report
+
+
+def point(connections: int, rps: float, p50: float = 1.0, p99: float = 2.0, cpu: float = 4.0) -> dict:
+    wrk = {"requests": int(rps * 8), "duration_s": 8.0, "rps": rps, "latency_ms": {"p50": p50, "p99": p99},
+           "non2xx": 0, "socket_errors": 0, "marked": 0, "cdf_ms": [(50.0, p50), (99.0, p99), (100.0, 2 * p99)]}
+    return report.summarize(wrk, cpu, 500.0, connections)
+
+
+def run(system: str, settings: str, rps_by_conns: dict[int, float], p50: float = 1.0) -> dict:
+    return {"system": system, "settings": settings, "points": [point(c, r, p50) for c, r in rps_by_conns.items()]}
+
+
+@pytest.fixture
+def results() -> dict:
+    runs = [
+        run("noop", "default", {1: 100, 64: 300}, p50=0.5),
+        run("noop", "haproxy", {1: 900, 64: 2000}, p50=0.5),
+        run("ensemble", "default", {1: 50, 64: 400}),
+        run("ensemble", "haproxy", {1: 400, 64: 1200}, p50=1.5),
+        run("naive", "haproxy", {1: 100, 64: 200}),
+        run("fastapi", "uvicorn", {1: 300, 64: 600}),
+        run("bentoml", "bentoml", {1: 100, 64: 150}),
+    ]
+    return {
+        "runs": runs,
+        "members": {"2": point(64, 1000), "8": point(64, 800)},
+        "member_check": {"batch": 64, "in_process": {"xgboost-v1": {"rows_per_s": 1000.0}},
+                         "serve": {"xgboost-v1": {"rows_per_s": 800.0}}},
+        "deadline": {"points": [point(16, 500, p99=28.0)]},
+    }
+
+
+def test_summarize_derives_cpu_per_request() -> None:
+    p = point(16, 100.0, cpu=8.0)
+    assert p["requests"] == 800 and p["cpu_ms_per_req"] == pytest.approx(10.0)
+
+
+def test_the_winner_is_the_ensembles_fastest_setting_at_the_most_connections(results: dict) -> None:
+    assert report.winner(results["runs"]) == "haproxy"
+    rows = {(s, p["connections"]): r["settings"] for s, r, p in report.main_rows(results["runs"])}
+    assert rows[("noop", 64)] == "haproxy" and rows[("ensemble", 1)] == "haproxy"
+    assert rows[("fastapi", 64)] == "uvicorn" and len(rows) == 10
+
+
+def test_every_figure_is_a_ratio_to_the_best_noop_and_to_fastapi(results: dict) -> None:
+    by_key = {(r["system"], r["connections"], r["vs"]): r for r in report.ratios(results["runs"])}
+    assert by_key[("ensemble", 64, "noop")]["rps"] == pytest.approx(0.6)
+    assert by_key[("ensemble", 64, "fastapi")]["rps"] == pytest.approx(2.0)
+    assert by_key[("ensemble", 1, "noop")]["p50_ms"] == pytest.approx(3.0)
+    assert by_key[("fastapi", 1, "fastapi")]["peak_rss_mb"] == pytest.approx(1.0)
+
+
+def test_targets_are_judged_from_the_same_run(results: dict) -> None:
+    verdicts = {t["target"].split(" at ")[0].split(":")[0]: t for t in report.targets(results)}
+    assert verdicts["ensemble / FastAPI (4) throughput"]["met"] is True  # 2.0x >= 1.5x
+    assert verdicts["ensemble / naive fan-out (2) throughput"]["met"] is True  # 6x
+    assert verdicts["ensemble / best no-op (1) throughput"]["met"] is True  # 0.6x
+    assert verdicts["ensemble p50 - no-op p50"]["value"] == pytest.approx(1.0)
+    assert verdicts["8 members / 2 members throughput"]["met"] is False  # 0.8x < 0.85x
+    assert verdicts["xgboost-v1"]["met"] is True
+    assert verdicts["deadline p99"]["met"] is True
+
+
+def test_an_unmeasured_target_is_not_a_failure() -> None:
+    missing = report.targets({"runs": [run("noop", "default", {1: 100, 64: 300})]})
+    assert missing and all(t["met"] is None for t in missing)
+
+
+def test_markdown_has_every_table(results: dict) -> None:
+    text = report.markdown(results)
+    for heading in ("Main comparison", "Ratios", "ingress settings side by side", "Deadline", "2 vs 8",
+                    "in Serve vs in-process", "Targets"):
+        assert heading in text
+    assert "**haproxy**" in text and "| 64 | (3) this ensemble | haproxy | 1200 |" in text
+
+
+def test_plots_are_pngs(results: dict, tmp_path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is the `bench` extra")
+    from bench.plots import draw
+
+    written = draw(results, tmp_path)
+    assert {p.name for p in written} == {"throughput.png", "settings.png", "latency_cdf_1.png", "latency_cdf_64.png"}
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)

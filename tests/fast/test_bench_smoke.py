@@ -1,0 +1,34 @@
+"""The harness end to end at tiny durations: the no-op Ray Serve app only, one connection count.
+
+Starts a real local Ray (its own, in a subprocess the harness stops), so it is a `serve` test.
+wrk is installed by the harness when missing (apt-get, as root); elsewhere the test skips.
+"""
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench import run
+from bench.wrk import WrkMissing, ensure_wrk
+
+pytestmark = pytest.mark.serve
+
+
+def test_noop_run_measures_writes_and_leaves_nothing_running(tmp_path: Path) -> None:
+    try:
+        ensure_wrk()
+    except WrkMissing as exc:
+        pytest.skip(str(exc))
+    code = run.main(["--source", "worktree", "--systems", "noop", "--settings", "default", "--connections", "2",
+                     "--duration", "1", "--warmup", "0", "--no-plots", "--results-dir", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "latest.json").read_text())
+    (noop,) = results["runs"]
+    (p,) = noop["points"]
+    assert p["requests"] > 0 and p["non2xx"] == 0 and p["cpu_s"] > 0 and p["peak_rss_mb"] > 0
+    assert "Main comparison" in next(tmp_path.glob("*.md")).read_text()
+    assert len(noop["pids"]) > 3  # the runner, GCS, raylet, controller, proxy, replica...
+    left = [pid for pid in noop["pids"] if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left running: {left}"
