@@ -1,12 +1,14 @@
-"""The control plane: one replica that owns the persistent state and learns trust.
+"""The control plane: one replica that owns the persistent state, learns trust and runs rollouts.
 
-Routers send it their predictions (batched, off the request path) and the labels they
-receive, and long-poll it for the weights in force, so any router replica can take feedback
-for any prediction and every replica serves the same weights.
+Routers send it their predictions and call statistics (batched, off the request path) and the
+labels and admin changes they receive, and long-poll it for the weights and traffic in force,
+so any router replica can take feedback for any prediction and every replica serves the same
+weights and splits within one long-poll round trip of a change.
 """
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
@@ -14,7 +16,10 @@ from ray.util import metrics
 
 from ensemble.config import GraphArgs, deployment_name
 from ensemble.ledger import Ledger, PredictionRow
+from ensemble.rollout import RolloutPlan
 from ensemble.store import StateStore
+from ensemble.traffic import ChangeRejected
+from ensemble.traffic_control import Action, Declared, TrafficChange, TrafficController
 from ensemble.trust import TrustBook
 from models.errors import ModelLoadError
 from models.repository import read_manifest
@@ -39,6 +44,28 @@ class TrustMetrics:
             self.drift.set(float(member["drift"]["drift"]), tags)
             if member["drift"]["rolling_mse"] is not None:
                 self.rolling_mse.set(member["drift"]["rolling_mse"], tags)
+
+
+class RolloutMetrics:
+    """Traffic share of every member version and rollout transitions, as Ray metrics."""
+
+    def __init__(self) -> None:
+        tags = ("model", "version")
+        self.share = metrics.Gauge("ensemble_traffic_share", "Share of a member's traffic a version receives.", tags)
+        self.shadow = metrics.Gauge("ensemble_shadow_share", "Share of a member's traffic mirrored to a version.", tags)
+        self.transitions = metrics.Counter(
+            "ensemble_rollout_transitions", "Rollout transitions (started, advanced, promoted, rolled_back...).",
+            ("model", "kind"),
+        )
+
+    def publish(self, snapshot: dict[str, dict[str, dict[str, float]]], events: list[tuple[str, str, dict]]) -> None:
+        for kind, model, _ in events:
+            self.transitions.inc(1, {"model": model, "kind": kind})
+        for model, traffic in snapshot.items():
+            for version, share in traffic["split"].items():
+                self.share.set(share, {"model": model, "version": version})
+            for version, share in traffic["shadow"].items():
+                self.shadow.set(share, {"model": model, "version": version})
 
 
 def _baselines(args: GraphArgs) -> dict[str, float]:
@@ -66,10 +93,16 @@ class ControlPlane:
         }
         priors = {name: self.args.members[model].prior for name, (model, _) in self.members.items()}
         trust = TrustBook(self.args.trust, priors, _baselines(self.args))
-        self.ledger = Ledger(StateStore(self.args.state.url), trust, self.args.ledger)
+        store = StateStore(self.args.state.url)
+        self.traffic = TrafficController(store, {
+            model: Declared(tuple(spec.versions), spec.split(), dict(spec.shadow), spec.rollout)
+            for model, spec in self.args.members.items()
+        })
+        self.ledger = Ledger(store, trust, self.args.ledger, observers=[self.traffic.observe_labels])
         self.epoch = 0  # bumps whenever what routers serve with changes
         self._changed = asyncio.Event()
         self.metrics = TrustMetrics()
+        self.rollout_metrics = RolloutMetrics()
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
 
     def _bump(self) -> None:
@@ -82,12 +115,18 @@ class ControlPlane:
             await asyncio.sleep(HOUSEKEEPING_S)
             try:
                 self.ledger.expire()
+                if self.traffic.tick():
+                    self._bump()
                 self.metrics.publish(self.trust_report()["members"])
+                self.rollout_metrics.publish(self.traffic.snapshot(), self.traffic.drain_events())
             except Exception:  # noqa: BLE001 - housekeeping must outlive a passing store error
                 logger.exception("control-plane housekeeping failed")
 
-    async def record(self, rows: list[PredictionRow]) -> None:
-        if self.ledger.record(rows).applied:
+    async def record(self, rows: list[PredictionRow], shadow_rows: list[PredictionRow] = (),
+                     calls: dict[str, dict[str, Any]] | None = None) -> None:
+        """Predictions, mirrored outputs and call statistics (deployment name -> counts) from a router."""
+        self.traffic.observe_calls(calls or {})
+        if self.ledger.record(rows, shadow_rows).applied:
             self._bump()
 
     async def feedback(self, items: list[tuple[str, float]]) -> dict[str, int]:
@@ -106,7 +145,7 @@ class ControlPlane:
                 await asyncio.wait_for(asyncio.shield(self._changed.wait()), wait_s)
             except asyncio.TimeoutError:
                 pass
-        return {"epoch": self.epoch, "weights": self._weights()}
+        return {"epoch": self.epoch, "weights": self._weights(), "traffic": self.traffic.snapshot()}
 
     def trust_report(self) -> dict[str, Any]:
         weights = self._weights()
@@ -132,3 +171,25 @@ class ControlPlane:
 
     async def trust(self) -> dict[str, Any]:
         return self.trust_report()
+
+    # -- traffic and rollouts --------------------------------------------------------------
+    def _change(self, apply: Callable[[], None]) -> dict[str, Any]:
+        """Apply one admin change: its new state, or the HTTP status and message of its refusal."""
+        try:
+            apply()
+        except ChangeRejected as exc:
+            return {"status": 409 if exc.conflict else 422, "detail": str(exc)}
+        self._bump()
+        return {"status": 200, "traffic": self.traffic.snapshot()}
+
+    async def set_traffic(self, member: str, change: dict[str, Any]) -> dict[str, Any]:
+        return self._change(lambda: self.traffic.set_traffic(member, TrafficChange.model_validate(change)))
+
+    async def start_rollout(self, member: str, plan: dict[str, Any], stable: str | None) -> dict[str, Any]:
+        return self._change(lambda: self.traffic.start_rollout(member, RolloutPlan.model_validate(plan), stable))
+
+    async def act(self, member: str, action: Action) -> dict[str, Any]:
+        return self._change(lambda: self.traffic.act(member, action))
+
+    async def rollouts(self) -> dict[str, Any]:
+        return self.traffic.report()

@@ -7,22 +7,26 @@ annotations here: FastAPI must see the real `Request` type on the routes Serve r
 
 import asyncio
 import logging
+import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
 
+from ensemble.admin import admin_token, authorise
 from ensemble.config import GraphArgs, deployment_name
-from ensemble.fanout import CallOutcome, EnsemblePredictor
+from ensemble.fanout import CallOutcome, EnsemblePredictor, ShadowOutcome
 from ensemble.ledger import PredictionRow
-from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Prediction, PredictRequest
-from ensemble.validation import Limits, RequestError, parse_feedback, parse_predict
+from ensemble.rollout import CallStats
+from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Prediction, PredictRequest, RolloutStart
+from ensemble.traffic_control import TrafficChange
+from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
 from deployments.openapi import json_body
 
 logger = logging.getLogger("ray.serve")
@@ -36,6 +40,7 @@ app = FastAPI(
     description="A trust-weighted ensemble of forecasting models, each its own Ray Serve deployment.",
 )
 ERRORS = {status: {"model": ErrorBody} for status in (400, 413, 422, 503)}
+ADMIN_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 409, 422)}
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -63,6 +68,10 @@ class MemberMetrics:
             tag_keys=tags,
         )
         self.degraded = metrics.Counter("ensemble_degraded_answers", "Answers that left a member out.")
+        self.shadow = metrics.Counter(
+            "ensemble_shadow_requests", "Rows mirrored to a shadow version, by outcome (ok, error, timeout, dropped).",
+            (*tags, "status"),
+        )
 
     def record(self, outcomes: list[CallOutcome], degraded: int) -> None:
         for outcome in outcomes:
@@ -87,26 +96,33 @@ class EnsembleRouter:
         router = self.args.router
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
                              router.max_instances, router.max_body_bytes)
-        # The priors serve until the control plane's first answer.
+        # The priors and the config's traffic serve until the control plane's first answer.
         self.weights = {
             deployment_name(model, version): spec.prior
             for model, spec in self.args.members.items()
             for version in spec.versions
         }
+        self.traffic = {model: {"split": spec.split(), "shadow": dict(spec.shadow)}
+                        for model, spec in self.args.members.items()}
         self.predictor = EnsemblePredictor(
             calls={model: {version: handle.predict.remote for version, handle in versions.items()}
                    for model, versions in members.items()},
-            splits={model: spec.split() for model, spec in self.args.members.items()},
+            traffic=self.traffic,
             weights=lambda: self.weights,
             deadline_s=router.deadline_s,
             max_rows=min(v.max_batch_rows for spec in self.args.members.values() for v in spec.versions.values()),
             max_in_flight=router.max_in_flight,
+            on_shadow=self._shadow_done,
+            max_shadow_rows=router.max_shadow_rows,
         )
+        self.admin_token = admin_token(os.environ)
         self.metrics = MemberMetrics()
         self.dropped_log_rows = metrics.Counter(
             "ensemble_prediction_log_dropped", "Predictions dropped before reaching the log (control plane down)."
         )
         self._log_rows: list[PredictionRow] = []
+        self._shadow_rows: list[PredictionRow] = []
+        self._calls = CallStats()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
 
@@ -117,8 +133,11 @@ class EnsembleRouter:
             try:
                 snapshot = await self.control.snapshot.remote(epoch, POLL_WAIT_S)
                 epoch, self.weights = snapshot["epoch"], snapshot["weights"]
+                if snapshot["traffic"] != self.traffic:
+                    self.predictor.set_traffic(snapshot["traffic"])
+                    self.traffic = snapshot["traffic"]
             except Exception:  # noqa: BLE001 - keep serving with the last weights; retry
-                logger.warning("control plane unreachable; serving with the last weights", exc_info=True)
+                logger.warning("control plane unreachable; serving with the last weights and traffic", exc_info=True)
                 await asyncio.sleep(0.5)
 
     async def _ship_log(self) -> None:
@@ -128,17 +147,31 @@ class EnsembleRouter:
 
     async def _flush_log(self) -> None:
         rows, self._log_rows = self._log_rows, []
-        if not rows:
+        shadow_rows, self._shadow_rows = self._shadow_rows, []
+        calls = self._calls.drain()
+        if not rows and not shadow_rows and not calls:
             return
         try:
-            await self.control.record.remote(rows)
+            await self.control.record.remote(rows, shadow_rows, calls)
         except Exception:  # noqa: BLE001 - put them back and try again; never fail a request for it
             logger.warning("could not ship %d predictions to the log", len(rows), exc_info=True)
             self._log_rows = rows + self._log_rows
+            self._shadow_rows = shadow_rows + self._shadow_rows
             overflow = len(self._log_rows) - LOG_BUFFER_ROWS
             if overflow > 0:
                 del self._log_rows[:overflow]
                 self.dropped_log_rows.inc(overflow)
+            del self._shadow_rows[:-LOG_BUFFER_ROWS]
+
+    def _shadow_done(self, outcome: ShadowOutcome) -> None:
+        """A mirrored call finished: count it, and log what it predicted so feedback scores it."""
+        tags = {"model": outcome.model, "version": outcome.version}
+        self.metrics.shadow.inc(len(outcome.request_ids), {**tags, "status": outcome.status})
+        if outcome.predictions is not None:
+            name, now = deployment_name(outcome.model, outcome.version), time.time()
+            self._shadow_rows.extend(
+                (rid, now, {name: float(p)}) for rid, p in zip(outcome.request_ids, outcome.predictions)
+            )
 
     @app.post(
         "/v1/predict",
@@ -149,10 +182,13 @@ class EnsembleRouter:
     )
     async def predict(self, request: Request) -> Response:
         parsed = parse_predict(await request.body(), self.limits)
-        result = await self.predictor.predict(parsed.windows, parsed.keys)
+        result = await self.predictor.predict(parsed.windows, parsed.keys, parsed.request_ids)
         unanswered = int(np.isnan(result.combined).sum())
         answers = result.answers(parsed.request_ids)
         self.metrics.record(result.outcomes, sum(a["degraded"] for a in answers))
+        for outcome in result.outcomes:
+            self._calls.add(deployment_name(outcome.model, outcome.version), outcome.rows, outcome.status != "ok",
+                            outcome.latency_s)
         now = time.time()
         self._log_rows.extend(
             (request_id, now, result.member_predictions(b)) for b, request_id in enumerate(parsed.request_ids)
@@ -201,9 +237,56 @@ class EnsembleRouter:
         return json_response({
             model: {
                 "prior": spec.prior,
-                "traffic": spec.split(),
+                "traffic": self.traffic[model]["split"],
+                "shadow": self.traffic[model]["shadow"],
                 "versions": {v: by_name.get(deployment_name(model, v), {"error": "unavailable"}) for v in spec.versions},
             }
             for model, spec in self.args.members.items()
         })
 
+
+    @app.get("/v1/rollouts", summary="Traffic, rollout state and the history of every member's transitions")
+    async def rollouts(self) -> Response:
+        return json_response(await self.control.rollouts.remote())
+
+    # -- admin: bearer token required ---------------------------------------------------------
+    def _refusal(self, authorization: str | None) -> Response | None:
+        refused = authorise(authorization, self.admin_token)
+        return None if refused is None else json_response({"detail": refused[1]}, refused[0])
+
+    @staticmethod
+    def _outcome(result: dict[str, Any]) -> Response:
+        if result["status"] == 200:
+            return json_response(result["traffic"])
+        return json_response({"detail": result["detail"]}, result["status"])
+
+    @app.get("/v1/admin/traffic", summary="Splits and shadows of every member", responses=ADMIN_ERRORS)
+    async def admin_traffic(self, authorization: str | None = Header(None)) -> Response:
+        return self._refusal(authorization) or json_response(self.traffic)
+
+    @app.put("/v1/admin/traffic/{member}", summary="Set a member's split and/or shadows", responses=ADMIN_ERRORS,
+             openapi_extra=json_body(TrafficChange))
+    async def admin_set_traffic(self, member: str, request: Request,
+                                authorization: str | None = Header(None)) -> Response:
+        if (refused := self._refusal(authorization)) is not None:
+            return refused
+        change = parse_model(await request.body(), TrafficChange, self.limits.max_body_bytes)
+        return self._outcome(await self.control.set_traffic.remote(member, change))
+
+    @app.post("/v1/admin/rollouts/{member}", summary="Start a canary rollout of a member", responses=ADMIN_ERRORS,
+              openapi_extra=json_body(RolloutStart))
+    async def admin_start_rollout(self, member: str, request: Request,
+                                  authorization: str | None = Header(None)) -> Response:
+        if (refused := self._refusal(authorization)) is not None:
+            return refused
+        start = parse_model(await request.body(), RolloutStart, self.limits.max_body_bytes)
+        stable = start.pop("stable")
+        return self._outcome(await self.control.start_rollout.remote(member, start, stable))
+
+    @app.post("/v1/admin/rollouts/{member}/{action}", summary="Pause, resume, promote or roll back a rollout",
+              responses=ADMIN_ERRORS)
+    async def admin_rollout_action(self, member: str, action: Literal["pause", "resume", "promote", "rollback"],
+                                   authorization: str | None = Header(None)) -> Response:
+        if (refused := self._refusal(authorization)) is not None:
+            return refused
+        return self._outcome(await self.control.act.remote(member, action))

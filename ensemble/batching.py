@@ -20,7 +20,7 @@ class CoalescingBatcher:
     """Queue of row blocks for one model; each call carries everything queued, up to `max_rows`."""
 
     def __init__(self, call: ModelCall, max_rows: int, max_in_flight: int, timeout_s: float) -> None:
-        self._call = call
+        self.call = call
         self._max_rows = max_rows
         self._max_in_flight = max_in_flight
         self._timeout_s = timeout_s
@@ -56,7 +56,7 @@ class CoalescingBatcher:
     async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         try:
             inputs = batch[0][0] if len(batch) == 1 else np.concatenate([rows for rows, _ in batch])
-            outputs = await asyncio.wait_for(self._call(inputs), self._timeout_s)
+            outputs = await asyncio.wait_for(self.call(inputs), self._timeout_s)
             if len(outputs) != len(inputs):
                 raise ValueError(f"model returned {len(outputs)} outputs for {len(inputs)} inputs")
             offset = 0

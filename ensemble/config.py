@@ -11,7 +11,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ensemble.ledger import LedgerSpec
+from ensemble.rollout import RolloutPlan
 from ensemble.strict import StrictModel
+from ensemble.traffic import check_shadow, check_split
 from ensemble.trust import TrustSpec
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -82,6 +84,14 @@ class MemberSpec(StrictModel):
         None,
         description="Share of this member's traffic per version; shares sum to 1. Unset: all to the first version.",
     )
+    shadow: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share (0 to 1) of this member's requests mirrored to each listed version: logged and scored "
+        "by feedback, never returned, never waited for.",
+    )
+    rollout: RolloutPlan | None = Field(
+        None, description="A canary rollout to run from the version holding most traffic to `rollout.canary`."
+    )
 
     @model_validator(mode="after")
     def _versions_and_traffic(self) -> MemberSpec:
@@ -89,7 +99,14 @@ class MemberSpec(StrictModel):
             if not VERSION_PATTERN.match(version):
                 raise ValueError(f"version {version!r} must look like v1, v2, v3b")
         if self.traffic is not None:
-            validate_split(self.traffic, set(self.versions))
+            check_split(self.traffic, self.versions)
+        check_shadow(self.shadow, self.versions)
+        if self.rollout is not None:
+            split = self.split()
+            if self.rollout.canary not in self.versions:
+                raise ValueError(f"rollout.canary {self.rollout.canary!r} is not among the versions")
+            if not any(share > 0 for v, share in split.items() if v != self.rollout.canary):
+                raise ValueError("a rollout needs a stable version other than the canary holding traffic")
         return self
 
     def split(self) -> dict[str, float]:
@@ -100,19 +117,6 @@ class MemberSpec(StrictModel):
 def deployment_name(model: str, version: str) -> str:
     """Serve deployment name of one (model, version), e.g. `patchtst-v2`."""
     return f"{model}-{version}"
-
-
-def validate_split(split: dict[str, float], deployed: set[str]) -> None:
-    """Raise ValueError unless `split` gives non-negative shares summing to 1 over deployed versions."""
-    unknown = sorted(set(split) - deployed)
-    if unknown:
-        raise ValueError(f"traffic names versions that are not deployed: {unknown}")
-    negative = sorted(v for v, share in split.items() if not share >= 0)
-    if negative:
-        raise ValueError(f"traffic shares must be >= 0: {negative}")
-    total = sum(split.values())
-    if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"traffic shares must sum to 1, not {total:.6g}")
 
 
 class RouterSpec(ReplicaSpec):
@@ -128,6 +132,9 @@ class RouterSpec(ReplicaSpec):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")
     max_in_flight: int = Field(
         2, ge=1, description="Model calls per member version in flight at once; requests arriving meanwhile are merged."
+    )
+    max_shadow_rows: int = Field(
+        1024, ge=1, description="Mirrored rows queued or in flight per shadow version; beyond it they are dropped and counted."
     )
 
 

@@ -6,6 +6,7 @@ deployment backs with a Serve handle and the tests back with plain functions.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,17 +74,34 @@ class EnsembleResult:
         }
 
 
+@dataclass(frozen=True)
+class ShadowOutcome:
+    """What a mirrored call to a shadow version did; predictions only when status is "ok"."""
+
+    model: str
+    version: str
+    request_ids: list[str]
+    predictions: np.ndarray | None
+    status: str  # "ok", "error", "timeout" or "dropped" (its queue was full)
+
+
+TrafficSnapshot = Mapping[str, Mapping[str, Mapping[str, float]]]  # member -> {"split": ..., "shadow": ...}
+
+
 class EnsemblePredictor:
-    """Routes each instance to one version per member, batches, waits, combines."""
+    """Routes each instance to one version per member, mirrors shadow shares, batches, waits, combines."""
 
     def __init__(
         self,
         calls: Mapping[str, Mapping[str, ModelCall]],
-        splits: Mapping[str, Mapping[str, float]],
+        traffic: TrafficSnapshot,
         weights: Callable[[], Mapping[str, float]],
         deadline_s: float,
         max_rows: int,
         max_in_flight: int,
+        on_shadow: Callable[[ShadowOutcome], None] = lambda outcome: None,
+        max_shadow_rows: int = 1024,
+        rng: random.Random | None = None,
     ) -> None:
         self.models = list(calls)
         self._weights = weights
@@ -93,12 +111,23 @@ class EnsemblePredictor:
             for model, versions in calls.items()
             for version, call in versions.items()
         }
-        self._splitters = {model: Splitter(split) for model, split in splits.items()}
+        # Mirrored calls queue apart, one at a time, so they never hold up a version's own traffic.
+        self._shadow_batchers = {
+            key: CoalescingBatcher(batcher.call, max_rows, 1, deadline_s) for key, batcher in self._batchers.items()
+        }
+        self._shadow_rows = dict.fromkeys(self._batchers, 0)
+        self._max_shadow_rows = max_shadow_rows
+        self._on_shadow = on_shadow
+        self._rng = rng or random.Random()
+        self.set_traffic(traffic)
 
-    def set_split(self, model: str, split: Mapping[str, float]) -> None:
-        self._splitters[model] = Splitter(split)
+    def set_traffic(self, traffic: TrafficSnapshot) -> None:
+        """Apply new splits and shadows; requests already routed keep their versions."""
+        self._splitters = {model: Splitter(traffic[model]["split"], self._rng) for model in self.models}
+        self._shadows = {model: dict(traffic[model].get("shadow", {})) for model in self.models}
 
-    async def predict(self, windows: np.ndarray, keys: Sequence[str | None]) -> EnsembleResult:
+    async def predict(self, windows: np.ndarray, keys: Sequence[str | None],
+                      request_ids: Sequence[str] = ()) -> EnsembleResult:
         started = time.perf_counter()
         batch = len(windows)
         versions = [self._splitters[model].choose(keys) for model in self.models]
@@ -112,6 +141,8 @@ class EnsemblePredictor:
                 )
                 rows = windows if len(index) == batch else windows[index]
                 pending.append((m, version, index, self._batchers[(model, version)].submit(rows)))
+            if self._shadows[model] and request_ids:
+                self._mirror(model, versions[m], windows, request_ids)
 
         done_at: dict[int, float] = {}
         for *_, future in pending:
@@ -137,3 +168,29 @@ class EnsemblePredictor:
             outcomes.append(CallOutcome(model, version, len(index), latency, status))
         combined, applied = weighted_mean(predictions, weights)
         return EnsembleResult(self.models, versions, predictions, applied, combined, outcomes)
+
+    def _mirror(self, model: str, chosen: list[str], windows: np.ndarray, request_ids: Sequence[str]) -> None:
+        """Send each shadow version its share of the instances that did not already reach it; never awaited."""
+        for version, share in self._shadows[model].items():
+            index = [b for b, v in enumerate(chosen) if v != version and self._rng.random() < share]
+            if not index:
+                continue
+            ids = [request_ids[b] for b in index]
+            key = (model, version)
+            if self._shadow_rows[key] + len(index) > self._max_shadow_rows:
+                self._on_shadow(ShadowOutcome(model, version, ids, None, "dropped"))
+                continue
+            self._shadow_rows[key] += len(index)
+            future = self._shadow_batchers[key].submit(windows[index])
+            future.add_done_callback(lambda f, key=key, ids=ids: self._shadow_done(key, ids, f))
+
+    def _shadow_done(self, key: tuple[str, str], ids: list[str], future: asyncio.Future[np.ndarray]) -> None:
+        self._shadow_rows[key] -= len(ids)
+        if future.cancelled() or future.exception() is not None:
+            failure = future.exception() if not future.cancelled() else None
+            status = "timeout" if isinstance(failure, asyncio.TimeoutError) else "error"
+            self._on_shadow(ShadowOutcome(*key, ids, None, status))
+        elif not np.isfinite(future.result()).all():
+            self._on_shadow(ShadowOutcome(*key, ids, None, "error"))
+        else:
+            self._on_shadow(ShadowOutcome(*key, ids, future.result(), "ok"))

@@ -17,6 +17,7 @@ from ensemble.store import StateStore
 from ensemble.trust import TrustBook
 
 PredictionRow = tuple[str, float, dict[str, float]]  # request_id, created_at, member version -> prediction
+Joined = tuple[dict[str, float], float]  # what each member version predicted, what really happened
 TRUST_DOCUMENT = "trust"
 TOTALS_DOCUMENT = "feedback_totals"
 
@@ -47,8 +48,11 @@ class FeedbackReport:
 
 class Ledger:
     def __init__(self, store: StateStore, trust: TrustBook, spec: LedgerSpec,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 observers: Sequence[Callable[[list[Joined]], None]] = ()) -> None:
+        """`observers` see every batch of joined labels after trust has learned from it."""
         self.store, self.trust, self.spec, self.clock = store, trust, spec, clock
+        self.observers = list(observers)
         documents = store.get_documents()
         if TRUST_DOCUMENT in documents:
             trust.restore(documents[TRUST_DOCUMENT])
@@ -60,13 +64,23 @@ class Ledger:
         self._pending: dict[str, tuple[float, float]] = {rid: (a, t) for rid, a, t in store.pending_labels()}
         self.totals = FeedbackReport(**documents.get(TOTALS_DOCUMENT, {}))
 
-    def record(self, rows: Sequence[PredictionRow]) -> FeedbackReport:
-        """Log predictions; labels that were waiting for them are applied now."""
+    def record(self, rows: Sequence[PredictionRow], shadow_rows: Sequence[PredictionRow] = ()) -> FeedbackReport:
+        """Log predictions; labels that were waiting for them are applied now.
+
+        A row replaces an earlier prediction under the same request id (a label refers to the
+        latest answer); a shadow row adds a mirrored version's output to its request's row.
+        """
         for rid, created, members in rows:
             self._log[rid] = (created, members)
             self._log.move_to_end(rid)
+        merged = []
+        for rid, _, members in shadow_rows:
+            if rid in self._log:
+                created, logged = self._log[rid]
+                self._log[rid] = (created, {**logged, **members})
+                merged.append((rid, created, self._log[rid][1]))
         self._evict()
-        self.store.log_predictions(rows)
+        self.store.log_predictions([*rows, *merged])
         waiting = [rid for rid, _, _ in rows if rid in self._pending]
         if not waiting:
             return FeedbackReport()
@@ -76,7 +90,7 @@ class Ledger:
             actual, _ = self._pending.pop(rid)
             joined.append((self._log[rid][1], actual))
             changes[rid] = "applied"
-        report.applied = self.trust.update(joined)
+        report.applied = self._learn(joined)
         report.pending = -len(waiting)
         self._save(report, [], changes, learned=True)
         return report
@@ -108,12 +122,18 @@ class Ledger:
                 status = "unknown"
             setattr(report, status, getattr(report, status) + 1)
             rows.append((rid, actual, now, status))
-        self.trust.update(joined)
+        self._learn(joined)
         changes = self._expire_pending(now)
         report.pending -= len(changes)
         report.unknown += len(changes)
         self._save(report, rows, changes, learned=bool(joined))
         return report
+
+    def _learn(self, joined: list[Joined]) -> int:
+        applied = self.trust.update(joined)
+        for observe in self.observers:
+            observe(joined)
+        return applied
 
     def _save(self, report: FeedbackReport, rows: list[tuple[str, float, float, str]], changes: dict[str, str],
               learned: bool) -> None:

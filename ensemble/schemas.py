@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ensemble.rollout import RolloutPlan
 from ensemble.strict import StrictModel
 
 Window = list[list[float]]
@@ -63,3 +64,9 @@ class FeedbackRequest(StrictModel):
     request_id: str | None = Field(None, description="Id of the prediction this label belongs to.")
     actual: float | None = Field(None, description="The actual next-step return.")
     items: list[Label] | None = Field(None, description="Several labels, applied all or none.")
+
+
+class RolloutStart(RolloutPlan):
+    """A rollout plan, and optionally which version is the stable one."""
+
+    stable: str | None = Field(None, description="The version the canary is judged against; default: the one with most traffic.")

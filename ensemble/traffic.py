@@ -11,7 +11,39 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+
+
+class ChangeRejected(ValueError):
+    """An invalid change (HTTP 422); `conflict` marks one refused because of a running rollout (409)."""
+
+    def __init__(self, message: str, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
+def check_split(split: Mapping[str, float], versions: Iterable[str]) -> None:
+    """ChangeRejected unless `split` gives non-negative shares summing to 1 over deployed versions."""
+    deployed = set(versions)
+    unknown = sorted(set(split) - deployed)
+    if unknown:
+        raise ChangeRejected(f"versions {unknown} are not deployed (deployed: {sorted(deployed)})")
+    negative = sorted(v for v, share in split.items() if not share >= 0)
+    if negative:
+        raise ChangeRejected(f"shares must be >= 0: {negative}")
+    total = sum(split.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ChangeRejected(f"shares must sum to 1, not {total:.6g}")
+
+
+def check_shadow(shadow: Mapping[str, float], versions: Iterable[str]) -> None:
+    deployed = set(versions)
+    unknown = sorted(set(shadow) - deployed)
+    if unknown:
+        raise ChangeRejected(f"shadow versions {unknown} are not deployed (deployed: {sorted(deployed)})")
+    bad = sorted(v for v, share in shadow.items() if not 0 <= share <= 1)
+    if bad:
+        raise ChangeRejected(f"shadow shares must lie in [0, 1]: {bad}")
 
 
 def _unit_hash(key: str, version: str) -> float:

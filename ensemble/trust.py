@@ -115,12 +115,15 @@ class TrustBook:
         for predictions, actual in joined:
             self.scale.add(actual)
             variance = self.scale.variance
+            total_loss = 0.0
             for member, predicted in predictions.items():
                 stats = self.stats.setdefault(member, MemberStats())
                 residual = actual - predicted
                 squared = residual * residual
+                loss = min(squared / variance, 100.0)
+                total_loss += loss
                 stats.labels += 1
-                stats.discounted_loss = self.spec.discount * stats.discounted_loss + min(squared / variance, 100.0)
+                stats.discounted_loss = self.spec.discount * stats.discounted_loss + loss
                 stats.recent_mse = recent_decay * stats.recent_mse + squared
                 stats.recent_norm = recent_decay * stats.recent_norm + 1.0
                 stats.rolling_mse = drift_decay * stats.rolling_mse + squared
@@ -131,6 +134,14 @@ class TrustBook:
                     stats.baseline_sum += squared
                     if stats.labels == self.spec.drift.baseline_labels:
                         stats.baseline_mse = stats.baseline_sum / stats.labels
+            # Sleeping experts: a version that did not predict this label (another version of its
+            # member served it, or a shadow not sampled) is charged the mean loss of those that
+            # did, so it neither gains trust by being absent nor starts unproven ahead of the rest.
+            if predictions:
+                imputed = total_loss / len(predictions)
+                for member in self.priors.keys() - predictions.keys():
+                    stats = self.stats.setdefault(member, MemberStats())
+                    stats.discounted_loss = self.spec.discount * stats.discounted_loss + imputed
             count += 1
         return count
 

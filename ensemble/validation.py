@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, ValidationError
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -193,3 +194,14 @@ def parse_feedback(body: bytes, max_body_bytes: int, max_items: int) -> list[tup
             raise RequestError(413, f"items: {len(items)} exceeds the limit of {max_items}")
         return [_parse_label(item, f"items[{i}]") for i, item in enumerate(items)]
     return [_parse_label(payload, "")]
+
+
+def parse_model(body: bytes, model: type[BaseModel], max_body_bytes: int) -> dict[str, Any]:
+    """Parse a small JSON body (admin changes) with its pydantic schema; the first error names its field."""
+    payload = load_json(body, max_body_bytes)
+    try:
+        return model.model_validate(payload).model_dump()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        raise RequestError(422, f"{field}: {error['msg']}") from None

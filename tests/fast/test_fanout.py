@@ -22,7 +22,8 @@ async def broken(rows: np.ndarray) -> np.ndarray:
 def predictor(calls, splits=None, weights=None, deadline_s=0.5):
     splits = splits or {m: {next(iter(v)): 1.0} for m, v in calls.items()}
     weights = weights or {f"{m}-{v}": 1.0 for m, vs in calls.items() for v in vs}
-    return EnsemblePredictor(calls, splits, lambda: weights, deadline_s, max_rows=64, max_in_flight=2)
+    traffic = {m: {"split": split, "shadow": {}} for m, split in splits.items()}
+    return EnsemblePredictor(calls, traffic, lambda: weights, deadline_s, max_rows=64, max_in_flight=2)
 
 
 WINDOWS = np.zeros((3, 128, 8), dtype=np.float32)
@@ -74,3 +75,46 @@ def test_instances_split_across_versions_by_key():
     again = asyncio.run(ensemble.predict(windows, keys))
     assert again.versions[0] == versions
     assert result.member_predictions(0) == {f"m-{versions[0]}": 1.0 if versions[0] == "v1" else 2.0}
+
+
+def test_shadow_is_mirrored_logged_and_never_waited_for():
+    async def scenario() -> tuple[list, list, float]:
+        outcomes: list = []
+        ensemble = EnsemblePredictor(
+            {"m": {"v1": constant(1.0), "v2": constant(2.0, delay_s=0.3)}},
+            {"m": {"split": {"v1": 1.0}, "shadow": {"v2": 1.0}}},
+            lambda: {"m-v1": 1.0, "m-v2": 1.0}, 1.0, max_rows=64, max_in_flight=2,
+            on_shadow=outcomes.append, max_shadow_rows=4,
+        )
+        started = time.perf_counter()
+        first = await ensemble.predict(WINDOWS, [None] * 3, ["a", "b", "c"])
+        answered_s = time.perf_counter() - started
+        second = await ensemble.predict(WINDOWS, [None] * 3, ["d", "e", "f"])  # 3 + 3 > 4 queued: dropped
+        await asyncio.sleep(0.5)
+        return [first, second], outcomes, answered_s
+
+    results, outcomes, answered_s = asyncio.run(scenario())
+    assert answered_s < 0.2  # the slow shadow did not delay the answer
+    assert all(r.versions[0] == ["v1"] * 3 and r.combined.tolist() == [1.0] * 3 for r in results)
+    by_status = {o.status: o for o in outcomes}
+    assert by_status["dropped"].request_ids == ["d", "e", "f"]
+    assert by_status["ok"].request_ids == ["a", "b", "c"] and by_status["ok"].predictions.tolist() == [2.0] * 3
+
+
+def test_shadow_share_is_sampled_and_skips_instances_already_on_that_version():
+    outcomes: list = []
+
+    async def scenario() -> None:
+        ensemble = EnsemblePredictor(
+            {"m": {"v1": constant(1.0), "v2": constant(2.0)}},
+            {"m": {"split": {"v1": 0.5, "v2": 0.5}, "shadow": {"v2": 0.5}}},
+            lambda: {}, 1.0, max_rows=4096, max_in_flight=2, on_shadow=outcomes.append, max_shadow_rows=4096,
+        )
+        keys = [f"k{i}" for i in range(2000)]
+        result = await ensemble.predict(np.zeros((2000, 128, 8), dtype=np.float32), keys, keys)
+        await asyncio.sleep(0.05)
+        on_v1 = {k for k, v in zip(keys, result.versions[0]) if v == "v1"}
+        mirrored = {rid for o in outcomes for rid in o.request_ids}
+        assert mirrored <= on_v1 and abs(len(mirrored) / len(on_v1) - 0.5) < 0.06
+
+    asyncio.run(scenario())

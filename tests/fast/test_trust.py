@@ -98,3 +98,13 @@ def test_drift_flags_error_ratio_and_bias():
     noisy = TrustBook(TrustSpec(), priors={"a-v1": 1.0}, baselines={"a-v1": 0.5})
     noisy.update(({"a-v1": y + rng.normal(0, 1.0)}, y) for y in actual)
     assert noisy.drift("a-v1")["drift"] is True and noisy.drift("a-v1")["ratio"] > 1.5
+
+
+def test_a_version_that_never_predicted_does_not_lead():
+    """Sleeping experts: absence is charged the mean loss of those present, not rewarded."""
+    book = TrustBook(TrustSpec(), priors={"good-v1": 1.0, "bad-v1": 1.0, "good-v2": 1.0})
+    actuals = np.random.default_rng(1).normal(0, 1, 100)
+    book.update([({"good-v1": y + 0.1, "bad-v1": y + 1.0}, y) for y in actuals])
+    weights = book.weights()
+    assert weights["good-v1"] > weights["good-v2"] > weights["bad-v1"]
+    assert book.stats["good-v2"].labels == 0

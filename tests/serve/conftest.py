@@ -1,6 +1,7 @@
 """One real local Ray Serve per session, serving on a real loopback HTTP port."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -17,10 +18,15 @@ from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from graphs.ensemble import build_app
-from tests.serve.faulty import FaultyMember
+from tests.serve.faulty import FaultyMember, SyntheticMember
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
+MEMBER_VERSIONS = {"patchtst": ["v1", "v2"]}  # v2 deployed beside v1, with no traffic until a test gives it some
+DEPLOYED = sorted(f"{m}-{v}" for m in MEMBERS for v in MEMBER_VERSIONS.get(m, ["v1"]))
 SMALL = {"num_cpus": 0.1}
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SYNTHETIC = {"v1": 0.0, "v2": 0.0, "v3": 0.1}  # version -> bias: v2 is as good as v1, v3 is off
 
 
 @dataclass
@@ -28,6 +34,7 @@ class ServeSession:
     url: str
     model_root: Path
     state_url: str
+    synthetic_state_url: str
 
 
 def free_port() -> int:
@@ -54,10 +61,13 @@ def graph_args(model_root: Path, state_url: str, **router: object) -> GraphArgs:
         {
             "model_root": str(model_root),
             "state": {"url": state_url},
-            "router": {**SMALL, "deadline_s": 2.0, "max_rows": 512, "max_instances": 16, **router},
-            "members": {m: {"versions": {"v1": {**SMALL, "max_batch_rows": 64}}} for m in MEMBERS},
+            # Two router replicas: feedback and admin changes must reach and hold across both.
+            "router": {**SMALL, "num_replicas": 2, "deadline_s": 2.0, "max_rows": 512, "max_instances": 16, **router},
+            "members": {m: {"versions": {v: {**SMALL, "max_batch_rows": 64} for v in MEMBER_VERSIONS.get(m, ["v1"])}}
+                        for m in MEMBERS},
         }
     )
+
 
 
 def faulty_app(model_root: Path, state_url: str):
@@ -77,7 +87,26 @@ def faulty_app(model_root: Path, state_url: str):
         "stalled": {"v1": FaultyMember.options(name="stalled-v1").bind("stalled-v1", "hang")},
     }
     config = args.model_dump(mode="json")
-    return EnsembleRouter.options(name="FaultyRouter", ray_actor_options=SMALL).bind(
+    # No admin token in this router's environment: its admin API must be disabled.
+    options = {**SMALL, "runtime_env": {"env_vars": {"ENSEMBLE_ADMIN_TOKEN": ""}}}
+    return EnsembleRouter.options(name="FaultyRouter", ray_actor_options=options).bind(
+        config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config)
+    )
+
+
+def synthetic_app(state_url: str):
+    """One member `sig` at three versions whose predictions the tests know (see SYNTHETIC)."""
+    args = GraphArgs.model_validate(
+        {
+            "state": {"url": state_url},
+            "router": {**SMALL, "deadline_s": 2.0, "max_instances": 64},
+            "members": {"sig": {"versions": {v: SMALL for v in SYNTHETIC}, "traffic": {"v1": 1.0}}},
+        }
+    )
+    members = {"sig": {v: SyntheticMember.options(name=f"sig-{v}").bind(f"sig-{v}", bias)
+                       for v, bias in SYNTHETIC.items()}}
+    config = args.model_dump(mode="json")
+    return EnsembleRouter.options(name="SyntheticRouter", ray_actor_options=SMALL).bind(
         config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config)
     )
 
@@ -88,16 +117,21 @@ def serve_session(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     state = tmp_path_factory.mktemp("state")
     state_url = f"sqlite:///{state / 'ensemble.db'}"
     port = free_port()
+    # Replicas inherit the environment of the Ray instance this process starts.
+    os.environ["ENSEMBLE_ADMIN_TOKEN"] = ADMIN_TOKEN
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(graph_args(model_root, state_url)), name="ensemble", route_prefix="/")
         serve.run(faulty_app(model_root, f"sqlite:///{state / 'faulty.db'}"), name="faulty", route_prefix="/faulty")
+        serve.run(synthetic_app(f"sqlite:///{state / 'synthetic.db'}"), name="synthetic", route_prefix="/synthetic")
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 180, "ensemble ready")
         wait_until(lambda: httpx.get(f"{url}/faulty/healthz", timeout=5).status_code == 200, 60, "faulty app up")
-        yield ServeSession(url, model_root, state_url)
+        wait_until(lambda: httpx.get(f"{url}/synthetic/readyz", timeout=5).status_code == 200, 60, "synthetic app up")
+        yield ServeSession(url, model_root, state_url, f"sqlite:///{state / 'synthetic.db'}")
     finally:
+        os.environ.pop("ENSEMBLE_ADMIN_TOKEN", None)
         serve.shutdown()
         ray.shutdown()
 

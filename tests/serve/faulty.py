@@ -1,4 +1,4 @@
-"""Members that misbehave on purpose, for the fault tests."""
+"""Members that misbehave or answer predictably on purpose, for the fault and traffic tests."""
 import asyncio
 
 import numpy as np
@@ -20,3 +20,22 @@ class FaultyMember:
 
     def info(self) -> dict:
         return {"deployment": self.name, "device": "cpu", "manifest": {}}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.05})
+class SyntheticMember:
+    """A member whose answer the tests know: `signal(window) + bias` (see `signal`)."""
+
+    def __init__(self, name: str, bias: float) -> None:
+        self.name, self.bias = name, bias
+
+    async def predict(self, windows: np.ndarray) -> np.ndarray:
+        return (signal(windows) + self.bias).astype(np.float32)
+
+    def info(self) -> dict:
+        return {"deployment": self.name, "device": "cpu", "manifest": {}}
+
+
+def signal(windows: np.ndarray) -> np.ndarray:
+    """The synthetic members' shared prediction: a scaled last close."""
+    return np.asarray(windows, dtype=np.float64)[:, -1, 0] * 1e-3

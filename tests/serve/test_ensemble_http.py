@@ -14,7 +14,7 @@ from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from models.data import sample_windows
 from tests.serve.faulty import FaultyMember
-from tests.serve.conftest import MEMBERS
+from tests.serve.conftest import DEPLOYED, MEMBERS
 
 WINDOWS = sample_windows(8, seed=11)
 
@@ -26,7 +26,7 @@ def window(i: int = 0) -> list[list[float]]:
 def test_health_ready_and_docs(client: httpx.Client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert sorted(ready["members"]) == sorted(f"{m}-v1" for m in MEMBERS)
+    assert sorted(ready["members"]) == DEPLOYED
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"window", "key", "request_id", "instances"} <= set(body["properties"])

@@ -7,7 +7,7 @@ from ray import serve
 
 from graphs.ensemble import build_app
 from models.data import sample_windows
-from tests.serve.conftest import MEMBERS, graph_args, wait_until
+from tests.serve.conftest import DEPLOYED, graph_args, wait_until
 
 WINDOWS = sample_windows(200, seed=21)
 
@@ -73,4 +73,4 @@ def test_bad_feedback_is_4xx_and_applies_nothing(client: httpx.Client, payload, 
 
 
 def test_members_are_all_reported(client: httpx.Client):
-    assert sorted(client.get("/v1/trust").json()["members"]) == sorted(f"{m}-v1" for m in MEMBERS)
+    assert sorted(client.get("/v1/trust").json()["members"]) == DEPLOYED

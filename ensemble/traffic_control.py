@@ -1,0 +1,211 @@
+"""Splits, shadows and canary rollouts of every member: validated, persisted, advanced by their gates.
+
+No Ray: the control-plane deployment owns one `TrafficController`, feeds it the routers' call
+statistics and the joined feedback, ticks it every second and serves `snapshot()` to the
+routers. Every change and every rollout transition is written with its reason to the state
+store in one transaction, so a restart resumes exactly where it was.
+
+The graph config declares each member's traffic and rollout; changes made through the admin
+API persist over restarts for as long as the config declares the same thing. Deploying a
+config that declares something else means the operator changed their mind: the config wins.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ensemble.rollout import Rollout, RolloutPlan, Transition
+from ensemble.store import StateStore
+from ensemble.strict import StrictModel
+from ensemble.traffic import ChangeRejected, check_shadow, check_split
+
+TRAFFIC_DOCUMENT = "traffic"
+ROLLOUTS_DOCUMENT = "rollouts"
+Action = Literal["pause", "resume", "promote", "rollback"]
+
+
+class TrafficChange(StrictModel):
+    """A change of one member's traffic; what is left out stays as it is."""
+
+    split: dict[str, float] | None = Field(None, description="Share of the member's requests per version; sums to 1.")
+    shadow: dict[str, float] | None = Field(
+        None, description="Share of the member's requests mirrored to each version (0 to 1), answered by nobody."
+    )
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What the graph config declares for one member."""
+
+    versions: tuple[str, ...]
+    split: dict[str, float]
+    shadow: dict[str, float]
+    rollout: RolloutPlan | None
+
+
+class TrafficController:
+    def __init__(self, store: StateStore, declared: Mapping[str, Declared],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.declared, self.clock = store, dict(declared), clock
+        self.version_of = {f"{m}-{v}": (m, v) for m, d in declared.items() for v in d.versions}
+        documents = store.get_documents()
+        saved_traffic = documents.get(TRAFFIC_DOCUMENT, {})
+        saved_rollouts = documents.get(ROLLOUTS_DOCUMENT, {})
+        self.splits: dict[str, dict[str, float]] = {}
+        self.shadows: dict[str, dict[str, float]] = {}
+        self.rollouts: dict[str, Rollout] = {}
+        self._unpublished: list[tuple[str, str, dict]] = []  # saved events not yet counted as metrics
+        events: list[tuple[str, str, dict]] = []
+        for member, spec in self.declared.items():
+            saved = saved_traffic.get(member)
+            if saved and saved["declared"] == _declared_traffic(spec) and self._deployable(member, saved):
+                self.splits[member], self.shadows[member] = saved["split"], saved["shadow"]
+            else:
+                self.splits[member], self.shadows[member] = dict(spec.split), dict(spec.shadow)
+                if saved:
+                    events.append(("traffic", member, {"reason": "the graph config declares other traffic",
+                                                       "split": spec.split, "shadow": spec.shadow}))
+            declared_plan = spec.rollout.model_dump() if spec.rollout else None
+            kept = saved_rollouts.get(member)
+            if kept and kept["declared"] == declared_plan:
+                rollout = Rollout.from_state(kept["rollout"])
+                if {rollout.stable, rollout.canary} <= set(spec.versions):
+                    self.rollouts[member] = rollout
+                    if rollout.active:
+                        self.splits[member] = rollout.split(list(spec.versions))
+                    continue
+            if spec.rollout is not None:
+                events.append(self._start(member, spec.rollout, None, "declared in the graph config"))
+        self._save(events)
+
+    # -- what routers serve with -----------------------------------------------------------
+    def snapshot(self) -> dict[str, dict[str, dict[str, float]]]:
+        return {member: {"split": self.splits[member], "shadow": self.shadows[member]} for member in self.declared}
+
+    # -- changes ---------------------------------------------------------------------------
+    def set_traffic(self, member: str, change: TrafficChange) -> None:
+        spec = self._member(member)
+        rollout = self.rollouts.get(member)
+        if change.split is not None:
+            if rollout is not None and rollout.active:
+                raise ChangeRejected(f"a rollout of {member} to {rollout.canary} is {rollout.status}: "
+                                     "promote or roll it back first", conflict=True)
+            check_split(change.split, spec.versions)
+        if change.shadow is not None:
+            check_shadow(change.shadow, spec.versions)
+        split = dict(change.split) if change.split is not None else self.splits[member]
+        shadow = {v: s for v, s in change.shadow.items() if s > 0} if change.shadow is not None else self.shadows[member]
+        self.splits[member], self.shadows[member] = split, shadow
+        self._save([("traffic", member, {"reason": "set through the admin API", "split": split, "shadow": shadow})])
+
+    def start_rollout(self, member: str, plan: RolloutPlan, stable: str | None = None) -> None:
+        self._member(member)
+        current = self.rollouts.get(member)
+        if current is not None and current.active:
+            raise ChangeRejected(f"a rollout of {member} to {current.canary} is already {current.status}",
+                                 conflict=True)
+        self._save([self._start(member, plan, stable, "started through the admin API")])
+
+    def act(self, member: str, action: Action) -> None:
+        self._member(member)
+        rollout = self.rollouts.get(member)
+        if rollout is None:
+            raise ChangeRejected(f"{member} has no rollout", conflict=True)
+        try:
+            transition = getattr(rollout, action)(self.clock())
+        except ValueError as exc:
+            raise ChangeRejected(str(exc), conflict=True) from None
+        self._save([self._apply(rollout, transition)])
+
+    # -- evidence and time -----------------------------------------------------------------
+    def observe_calls(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
+        """Call statistics from a router: deployment name -> {requests, errors, latency histogram}."""
+        for name, s in stats.items():
+            rollout = self._rollout_of(name)
+            if rollout is not None:
+                rollout.observe_calls(self.version_of[name][1], s["requests"], s["errors"], s["latency"])
+
+    def observe_labels(self, joined: Iterable[tuple[Mapping[str, float], float]]) -> None:
+        """Joined feedback (deployment name -> prediction, actual), scored per version for the gates."""
+        for predictions, actual in joined:
+            for name, predicted in predictions.items():
+                rollout = self._rollout_of(name)
+                if rollout is not None:
+                    rollout.observe_label(self.version_of[name][1], actual - predicted)
+
+    def tick(self) -> bool:
+        """Judge every progressing rollout; saves and returns True when traffic changed."""
+        now = self.clock()
+        events = [self._apply(r, t) for r in self.rollouts.values() if (t := r.evaluate(now)) is not None]
+        # Progress (counts, waiting reasons) is saved too, so a restart resumes a step mid-way.
+        if events or any(r.status == "progressing" for r in self.rollouts.values()):
+            self._save(events)
+        return bool(events)
+
+    def drain_events(self) -> list[tuple[str, str, dict]]:
+        """Events (kind, member, detail) saved since the last call, for metrics."""
+        events, self._unpublished = self._unpublished, []
+        return events
+
+    # -- reports ---------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        history = self.store.events(limit=1000)
+        return {
+            member: {
+                "traffic": self.snapshot()[member],
+                "rollout": self.rollouts[member].report() if member in self.rollouts else None,
+                "history": [e for e in history if e["subject"] == member],
+            }
+            for member in self.declared
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+    def _member(self, member: str) -> Declared:
+        if member not in self.declared:
+            raise ChangeRejected(f"unknown member {member!r} (members: {sorted(self.declared)})")
+        return self.declared[member]
+
+    def _rollout_of(self, name: str) -> Rollout | None:
+        member = self.version_of.get(name, (None,))[0]
+        rollout = self.rollouts.get(member) if member else None
+        return rollout if rollout is not None and rollout.status == "progressing" else None
+
+    def _deployable(self, member: str, saved: Mapping[str, Any]) -> bool:
+        versions = set(self.declared[member].versions)
+        return set(saved["split"]) <= versions and set(saved["shadow"]) <= versions
+
+    def _start(self, member: str, plan: RolloutPlan, stable: str | None, why: str) -> tuple[str, str, dict]:
+        versions = list(self.declared[member].versions)
+        if plan.canary not in versions:
+            raise ChangeRejected(f"canary {plan.canary!r} is not a deployed version of {member} ({versions})")
+        others = {v: s for v, s in self.splits[member].items() if v != plan.canary}
+        stable = stable or max(others, key=others.__getitem__, default=None)
+        if stable is None or stable == plan.canary or stable not in versions:
+            raise ChangeRejected(f"stable version {stable!r} must be a deployed version of {member} other than "
+                                 f"the canary")
+        rollout = Rollout(member=member, stable=stable, plan=plan, started_at=self.clock())
+        self.rollouts[member] = rollout
+        return self._apply(rollout, Transition("started", why, {"stable": stable, "canary": plan.canary,
+                                                               "plan": plan.model_dump()}))
+
+    def _apply(self, rollout: Rollout, transition: Transition) -> tuple[str, str, dict]:
+        self.splits[rollout.member] = rollout.split(list(self.declared[rollout.member].versions))
+        return (f"rollout.{transition.kind}", rollout.member,
+                {"reason": transition.reason, "split": self.splits[rollout.member], **transition.detail})
+
+    def _save(self, events: list[tuple[str, str, dict]]) -> None:
+        traffic = {m: {"split": self.splits[m], "shadow": self.shadows[m], "declared": _declared_traffic(d)}
+                   for m, d in self.declared.items()}
+        rollouts = {m: {"rollout": r.state(),
+                        "declared": self.declared[m].rollout.model_dump() if self.declared[m].rollout else None}
+                    for m, r in self.rollouts.items()}
+        self.store.put_documents({TRAFFIC_DOCUMENT: traffic, ROLLOUTS_DOCUMENT: rollouts}, events)
+        self._unpublished.extend(events)
+
+
+def _declared_traffic(spec: Declared) -> dict[str, dict[str, float]]:
+    return {"split": spec.split, "shadow": spec.shadow}

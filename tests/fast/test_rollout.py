@@ -1,0 +1,228 @@
+"""Canary rollouts, traffic changes and their persistence, on a real SQLite file (no Ray)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble.admin import admin_token, authorise
+from ensemble.rollout import CallStats, Rollout, RolloutPlan, VersionWindow, latency_bucket
+from ensemble.store import StateStore
+from ensemble.traffic import ChangeRejected
+from ensemble.traffic_control import Declared, TrafficChange, TrafficController
+
+PLAN = RolloutPlan(canary="v2", steps=[10, 50, 100], interval_s=10, min_requests=20, min_labels=20,
+                   error_tolerance=0.1, max_error_rate=0.05, max_p99_latency_s=0.2)
+DECLARED = {"patchtst": Declared(("v1", "v2"), {"v1": 1.0}, {}, None),
+            "lstm": Declared(("v1",), {"v1": 1.0}, {}, None)}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def controller(path: Path, clock: Clock, declared: dict[str, Declared] = DECLARED) -> TrafficController:
+    return TrafficController(StateStore(f"sqlite:///{path}"), declared, clock)
+
+
+def feed(control: TrafficController, canary_error: float, stable_error: float = 0.01, n: int = 40,
+         latency_s: float = 0.005, failed: int = 0) -> None:
+    """One step's worth of evidence: calls from a router and labels joined by the ledger."""
+    stats = CallStats()
+    stats.add("patchtst-v1", n, False, latency_s)
+    stats.add("patchtst-v2", n - failed, False, latency_s)
+    if failed:
+        stats.add("patchtst-v2", failed, True, latency_s)
+    control.observe_calls(stats.drain())
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=n)
+    control.observe_labels([({"patchtst-v1": 0.0}, stable_error**0.5 * z) for z in noise])
+    control.observe_labels([({"patchtst-v2": 0.0}, canary_error**0.5 * z) for z in noise])
+
+
+def walk(control: TrafficController, clock: Clock, canary_error: float, steps: int = 5) -> list[dict[str, float]]:
+    """Feed evidence and let the step interval pass, `steps` times; the splits seen after each tick."""
+    splits = []
+    for _ in range(steps):
+        feed(control, canary_error)
+        clock.now += PLAN.interval_s
+        control.tick()
+        splits.append(control.snapshot()["patchtst"]["split"])
+    return splits
+
+
+def test_good_canary_is_promoted_through_every_step(tmp_path: Path):
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    assert control.snapshot()["patchtst"]["split"] == {"v1": 0.9, "v2": pytest.approx(0.1)}
+    splits = walk(control, clock, canary_error=0.01)
+    assert [s["v2"] for s in splits[:3]] == pytest.approx([0.5, 1.0, 1.0])
+    rollout = control.rollouts["patchtst"]
+    assert rollout.status == "promoted" and "every step passed" in rollout.reason
+    kinds = [e["kind"] for e in control.report()["patchtst"]["history"]]
+    assert kinds == ["rollout.started", "rollout.advanced", "rollout.advanced", "rollout.promoted"]
+
+
+def test_bad_canary_is_rolled_back_at_the_first_gate(tmp_path: Path):
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    splits = walk(control, clock, canary_error=0.05, steps=1)
+    assert splits == [{"v1": 1.0, "v2": 0.0}]
+    rollout = control.rollouts["patchtst"]
+    assert rollout.status == "rolled_back" and rollout.step == 0 and "canary MSE" in rollout.reason
+
+
+def test_errors_and_latency_roll_back_without_waiting_for_labels(tmp_path: Path):
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    feed(control, 0.01, failed=5)  # 12.5% failures
+    control.tick()
+    assert control.rollouts["patchtst"].status == "rolled_back"
+    assert "error rate" in control.rollouts["patchtst"].reason
+    control.start_rollout("patchtst", PLAN)
+    feed(control, 0.01, latency_s=0.4)
+    control.tick()
+    assert "p99 latency" in control.rollouts["patchtst"].reason
+
+
+def test_waits_for_interval_and_evidence(tmp_path: Path):
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    feed(control, 0.01)
+    control.tick()  # enough evidence, interval not over
+    assert control.rollouts["patchtst"].step == 0 and "interval" in control.rollouts["patchtst"].reason
+    clock.now += 100
+    control.tick()
+    assert control.rollouts["patchtst"].step == 1
+    clock.now += 100
+    control.tick()  # interval over, no evidence in the new step
+    assert control.rollouts["patchtst"].step == 1 and "canary labels 0/20" in control.rollouts["patchtst"].reason
+
+
+def test_pause_resume_promote_rollback_by_hand(tmp_path: Path):
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    control.act("patchtst", "pause")
+    walk(control, clock, canary_error=0.01, steps=2)
+    assert control.rollouts["patchtst"].step == 0  # a paused rollout neither learns nor moves
+    control.act("patchtst", "resume")
+    control.act("patchtst", "promote")
+    assert control.snapshot()["patchtst"]["split"] == {"v1": 0.0, "v2": 1.0}
+    with pytest.raises(ChangeRejected, match="has ended"):
+        control.act("patchtst", "rollback")
+    control.start_rollout("patchtst", RolloutPlan(canary="v1"))  # and back again, v2 now stable
+    control.act("patchtst", "rollback")
+    assert control.snapshot()["patchtst"]["split"] == {"v1": 0.0, "v2": 1.0}
+
+
+def test_state_and_history_survive_a_restart(tmp_path: Path):
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    walk(control, clock, canary_error=0.01, steps=1)
+    feed(control, 0.01)  # half a step of evidence, not yet judged
+    control.tick()
+    before = control.report()
+    again = controller(tmp_path / "s.db", clock)
+    assert again.report() == before
+    assert again.snapshot() == control.snapshot()
+    walk(again, clock, canary_error=0.01, steps=3)
+    assert again.rollouts["patchtst"].status == "promoted"
+
+
+@pytest.mark.parametrize(
+    "member, change, message",
+    [
+        ("patchtst", TrafficChange(split={"v1": 0.5, "v2": 0.6}), "sum to 1"),
+        ("patchtst", TrafficChange(split={"v1": -0.5, "v2": 1.5}), ">= 0"),
+        ("patchtst", TrafficChange(split={"v1": 0.5, "v9": 0.5}), "not deployed"),
+        ("patchtst", TrafficChange(shadow={"v2": 1.5}), r"\[0, 1\]"),
+        ("patchtst", TrafficChange(shadow={"v3": 0.5}), "not deployed"),
+        ("nobody", TrafficChange(split={"v1": 1.0}), "unknown member"),
+    ],
+)
+def test_invalid_changes_are_rejected_and_change_nothing(tmp_path: Path, member, change, message):
+    control = controller(tmp_path / "s.db", Clock())
+    before = control.snapshot()
+    with pytest.raises(ChangeRejected, match=message) as caught:
+        control.set_traffic(member, change)
+    assert not caught.value.conflict and control.snapshot() == before
+    assert controller(tmp_path / "s.db", Clock()).snapshot() == before
+
+
+def test_rollout_blocks_manual_splits_and_bad_starts(tmp_path: Path):
+    control = controller(tmp_path / "s.db", Clock())
+    with pytest.raises(ChangeRejected, match="not a deployed version"):
+        control.start_rollout("patchtst", RolloutPlan(canary="v7"))
+    with pytest.raises(ChangeRejected, match="stable version"):
+        control.start_rollout("patchtst", RolloutPlan(canary="v1"))  # v1 holds all traffic: no stable left
+    control.start_rollout("patchtst", PLAN)
+    with pytest.raises(ChangeRejected) as caught:
+        control.set_traffic("patchtst", TrafficChange(split={"v1": 1.0}))
+    assert caught.value.conflict
+    control.set_traffic("patchtst", TrafficChange(shadow={"v2": 0.5}))  # shadows stay free
+
+
+def test_admin_changes_persist_until_the_config_declares_otherwise(tmp_path: Path):
+    clock = Clock()
+    controller(tmp_path / "s.db", clock).set_traffic("patchtst", TrafficChange(split={"v1": 0.7, "v2": 0.3}))
+    assert controller(tmp_path / "s.db", clock).snapshot()["patchtst"]["split"] == {"v1": 0.7, "v2": 0.3}
+    redeclared = {**DECLARED, "patchtst": Declared(("v1", "v2"), {"v1": 0.5, "v2": 0.5}, {"v2": 0.1}, None)}
+    changed = controller(tmp_path / "s.db", clock, redeclared)
+    assert changed.snapshot()["patchtst"] == {"split": {"v1": 0.5, "v2": 0.5}, "shadow": {"v2": 0.1}}
+
+
+def test_declared_rollout_starts_once_and_resumes(tmp_path: Path):
+    clock = Clock()
+    declared = {**DECLARED, "patchtst": Declared(("v1", "v2"), {"v1": 1.0}, {}, PLAN)}
+    first = controller(tmp_path / "s.db", clock, declared)
+    assert first.rollouts["patchtst"].status == "progressing"
+    first.act("patchtst", "rollback")
+    # Redeploying the same config does not start it again: the operator's rollback stands.
+    assert controller(tmp_path / "s.db", clock, declared).rollouts["patchtst"].status == "rolled_back"
+
+
+def test_version_window_and_call_stats():
+    window = VersionWindow()
+    assert window.p99_s is None and window.mse is None and window.error_rate is None
+    stats = CallStats()
+    stats.add("a-v1", 99, False, 0.001)
+    stats.add("a-v1", 1, True, 0.3)
+    drained = stats.drain()
+    assert stats.drain() == {}
+    window.add_calls(**drained["a-v1"])
+    assert window.error_rate == 0.01 and 0.001 <= window.p99_s < 0.0012
+    window.add_calls(0, 0, [0] * latency_bucket(0.3) + [5] + [0] * (len(window.latency) - latency_bucket(0.3) - 1))
+    assert window.p99_s >= 0.3
+    rollout = Rollout(member="m", stable="v1", plan=PLAN, started_at=1.0)
+    assert Rollout.from_state(rollout.state()) == rollout
+
+
+def test_plan_validation():
+    with pytest.raises(ValueError, match="increasing"):
+        RolloutPlan(canary="v2", steps=[50, 25, 100])
+    with pytest.raises(ValueError, match="last step must be 100"):
+        RolloutPlan(canary="v2", steps=[5, 50])
+
+
+def test_admin_token_and_authorisation(tmp_path: Path):
+    assert admin_token({}) is None
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    assert admin_token({"ENSEMBLE_ADMIN_TOKEN_FILE": str(secret)}) == "s3cret"
+    assert admin_token({"ENSEMBLE_ADMIN_TOKEN": "abc", "ENSEMBLE_ADMIN_TOKEN_FILE": str(secret)}) == "abc"
+    assert authorise("Bearer abc", None)[0] == 403
+    assert authorise(None, "abc")[0] == 401
+    assert authorise("Bearer abd", "abc")[0] == 401
+    assert authorise("Basic abc", "abc")[0] == 401
+    assert authorise("Bearer abc", "abc") is None
