@@ -50,7 +50,7 @@ def draw(results: dict[str, Any], out_dir: Path) -> list[Path]:
             if p["connections"] == connections and p["cdf_ms"]:
                 ms, pct = zip(*[(v, q) for q, v in p["cdf_ms"]])
                 ax.plot(ms, [q / 100 for q in pct], marker=".", label=SYSTEMS[system])
-        deadline = next((p for p in results.get("deadline", {}).get("points", []) if p["connections"] == connections),
+        deadline = next((p for p in (results.get("deadline") or {}).get("points", []) if p["connections"] == connections),
                         None)
         if deadline and deadline["cdf_ms"]:
             ms, pct = zip(*[(v, q) for q, v in deadline["cdf_ms"]])

@@ -39,6 +39,7 @@ def summarize(wrk: dict[str, Any], cpu_s: float, peak_rss_mb: float, connections
         "cpu_ms_per_req": 1000 * cpu_s / wrk["requests"] if wrk["requests"] else None,
         "peak_rss_mb": peak_rss_mb,
         "non2xx": wrk["non2xx"],
+        "statuses": wrk.get("statuses", {}),
         "socket_errors": wrk["socket_errors"],
         "marked": wrk.get("marked", 0),
         "cdf_ms": wrk.get("cdf_ms", []),
@@ -137,16 +138,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if ens_low and noop_low:
         out.append(target(f"ensemble p50 - no-op p50 at {low} connection (same ingress)",
                           ens_low["p50_ms"] - noop_low["p50_ms"], 2.0, higher_is_better=False, unit="ms"))
-    members = results.get("members", {})
+    members = results.get("members") or {}
     if "2" in members and "8" in members:
         out.append(target("8 members / 2 members throughput", ratio(members["8"]["rps"], members["2"]["rps"]), 0.85,
                           unit="x"))
-    check = results.get("member_check", {})
+    check = results.get("member_check") or {}
     for name, served in check.get("serve", {}).items():
         local = check.get("in_process", {}).get(name)
         out.append(target(f"{name}: Serve / in-process rows/s (batch 64)",
                           ratio(served["rows_per_s"], local and local["rows_per_s"]), 0.7, unit="x"))
-    for p in results.get("deadline", {}).get("points", []):
+    for p in (results.get("deadline") or {}).get("points", []):
         out.append(target(f"deadline p99 at {p['connections']} connections (stall 200 ms, deadline 25 ms)",
                           p["p99_ms"], 30.0, higher_is_better=False, unit="ms"))
         out.append(target(f"deadline: requests not answered with 200 at {p['connections']} connections",
@@ -165,10 +166,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def point_cells(p: Point) -> list[str]:
-    return [_fmt(p[m], spec) for m, _, spec in METRICS] + [str(p["non2xx"] + p["socket_errors"])]
+    return [_fmt(p[m], spec) for m, _, spec in METRICS] + [str(p["non2xx"] + p["socket_errors"]),
+                                                           _fmt(p.get("other_cpu_s"), "{:.1f}")]
 
 
-POINT_HEADER = [h for _, h, _ in METRICS] + ["errors"]
+POINT_HEADER = [h for _, h, _ in METRICS] + ["errors", "others' CPU s"]
 VERDICT = {True: "yes", False: "**no**", None: "not measured"}
 
 
@@ -190,8 +192,9 @@ def markdown(results: dict[str, Any]) -> str:
                      for r in ray_runs for p in r["points"]])]
     if deadline := results.get("deadline"):
         parts += ["", "### Deadline (one member stalled 200 ms, router deadline 25 ms)", "",
-                  table(["conns", *POINT_HEADER, "degraded answers", "requests"],
-                        [[str(p["connections"]), *point_cells(p), str(p["marked"]), str(p["requests"])]
+                  table(["conns", *POINT_HEADER, "requests", "degraded answers", "answers by status"],
+                        [[str(p["connections"]), *point_cells(p), str(p["requests"]), str(p["marked"]),
+                          ", ".join(f"{code}: {n}" for code, n in sorted(p["statuses"].items()))]
                          for p in deadline["points"]])]
     if members := results.get("members"):
         parts += ["", "### Members: 2 vs 8", "",
@@ -203,6 +206,9 @@ def markdown(results: dict[str, Any]) -> str:
                 for name, s in check["serve"].items()]
         parts += ["", f"### Member deployments: batched throughput in Serve vs in-process (batch {check['batch']})", "",
                   table(["member", "in-process rows/s", "in Serve rows/s", "ratio"], rows)]
+    if failures := results.get("failures"):
+        parts += ["", "### Failed parts of this run", "", table(["part", "error"], [[k, v.splitlines()[0][:200]]
+                                                                                 for k, v in failures.items()])]
     verdicts = targets(results)
     parts += ["", "### Targets", "",
               table(["target", "measured", "bound", "met"],

@@ -16,12 +16,13 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,18 +53,37 @@ class Bench:
     warmup_s: float
     connections: list[int]
     log_dir: Path
+    quiet_wait_s: float
+
+    @contextmanager
+    def serving(self, server: Server, probe) -> Iterator[Server]:
+        """The server started (once the machine is quiet, or `quiet_wait_s` passed), ready, then stopped."""
+        server.background_cores = wait_quiet(self.quiet_wait_s)
+        log(f"starting {server.name} ({server.settings}); background load {server.background_cores:.2f} cores")
+        try:
+            server.start()
+            server.wait_ready(probe, READY_TIMEOUT_S)
+            log(f"  ready after {server.started_s:.1f} s")
+            yield server
+        finally:
+            server.stop()
 
     def measure(self, server: Server, connections: int) -> dict[str, Any]:
         """One point: wrk at `connections` while the server's process tree is sampled."""
         run = WrkRun(server.url, connections, self.duration_s, threads_for(connections), self.script)
+        before, wrk_before = busy_cpu_s(), children_cpu_s()
         with TreeMonitor(server.pids()) as monitor:
             parsed = run_wrk(run, self.wrk)
         usage = monitor.usage()
         point = report.summarize(parsed, usage.cpu_s, usage.peak_rss_mb, connections)
+        # Whatever else the machine ran meanwhile (its busy CPU less the server's and wrk's) shows
+        # how far the point was disturbed: the two cores are shared.
+        point["wrk_cpu_s"] = children_cpu_s() - wrk_before
+        point["other_cpu_s"] = max(0.0, busy_cpu_s() - before - usage.cpu_s - point["wrk_cpu_s"])
         point["cpu_by_process"] = usage.cpu_by_process
         log(f"  {server.name} c={connections}: {point['rps']:.0f} req/s, p50 {point['p50_ms']:.2f} ms, "
             f"p99 {point['p99_ms']:.2f} ms, CPU {point['cpu_s']:.1f} s, RSS {point['peak_rss_mb']:.0f} MiB, "
-            f"errors {point['non2xx'] + point['socket_errors']}")
+            f"errors {point['non2xx'] + point['socket_errors']}, others' CPU {point['other_cpu_s']:.1f} s")
         return point
 
     def warm_up(self, server: Server) -> None:
@@ -75,23 +95,38 @@ class Bench:
     def sweep(self, server: Server, connections: list[int] | None = None,
               allow_degraded: bool = False) -> dict[str, Any]:
         """Start, warm up, measure each connection count, stop; the run's record."""
-        with serving(server, predict_probe(self.body, allow_degraded)):
+        with self.serving(server, predict_probe(self.body, allow_degraded)):
             self.warm_up(server)
             points = [self.measure(server, c) for c in (connections or self.connections)]
         return {"name": server.name, "settings": server.settings, "started_s": round(server.started_s, 1),
-                "info": server.info, "pids": sorted(server.known), "points": points}
+                "info": server.info, "background_cores": round(server.background_cores, 2),
+                "pids": sorted(server.known), "points": points}
 
 
-@contextmanager
-def serving(server: Server, probe) -> Iterator[Server]:
-    log(f"starting {server.name} ({server.settings})")
-    try:
-        server.start()
-        server.wait_ready(probe, READY_TIMEOUT_S)
-        log(f"  ready after {server.started_s:.1f} s")
-        yield server
-    finally:
-        server.stop()
+def busy_cpu_s() -> float:
+    """CPU seconds all cores have spent on anything but idling, since boot."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's waited-for children (wrk; servers count only once stopped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_quiet(max_wait_s: float, cores: float = 0.3, window_s: float = 2.0) -> float:
+    """Wait (up to `max_wait_s`) until the machine's other work uses under `cores`; returns the last reading."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before = busy_cpu_s()
+        time.sleep(window_s)
+        used = (busy_cpu_s() - before) / window_s
+        if used < cores or time.monotonic() > deadline:
+            return used
+        log(f"  waiting for a quiet machine: {used:.1f} cores busy with other work")
 
 
 def machine() -> dict[str, Any]:
@@ -107,8 +142,19 @@ def machine() -> dict[str, Any]:
             "ray": ray.__version__, "wrk": wrk.strip(), "gpu": "none" if not shutil.which("nvidia-smi") else "present"}
 
 
-def ray_runs(bench: Bench, app: str, settings: list[str]) -> list[dict[str, Any]]:
-    return [{"system": app, **bench.sweep(ray_server(f"{app}-{s}", app, bench.log_dir, s))} for s in settings]
+class Stages:
+    """Runs each part of the benchmark; one that fails is logged and recorded, and the run goes on."""
+
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.failures: dict[str, str] = results.setdefault("failures", {})
+
+    def attempt(self, name: str, part: Callable[[], Any]) -> Any:
+        try:
+            return part()
+        except Exception as exc:  # noqa: BLE001 - one broken server must not lose the others' figures
+            log(f"FAILED {name}: {type(exc).__name__}: {str(exc)[-1500:]}")
+            self.failures[name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+            return None
 
 
 def run_all(opts: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +165,8 @@ def run_all(opts: argparse.Namespace) -> dict[str, Any]:
     body = make_bodies(4)
     script = log_dir / "post.lua"
     script.write_text(lua_script(body))
-    bench = Bench(ensure_wrk(), script, body[0], opts.duration, opts.warmup, opts.connections, log_dir)
+    bench = Bench(ensure_wrk(), script, body[0], opts.duration, opts.warmup, opts.connections, log_dir,
+                  opts.quiet_wait)
     systems = set(opts.systems)
     source = json.loads(os.environ.get("BENCH_SOURCE", "{}"))
     results: dict[str, Any] = {
@@ -127,33 +174,45 @@ def run_all(opts: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(), "duration_s": opts.duration, "warmup_s": opts.warmup,
         "connections": opts.connections, "settings": {s: SETTINGS[s] for s in opts.settings}, "runs": [],
     }
+    stages = Stages(results)
     runs = results["runs"]
+
+    def sweep(system: str, server: Server) -> None:
+        if (record := stages.attempt(server.name, lambda: bench.sweep(server))) is not None:
+            runs.append({"system": system, **record})
+
     for app in ("noop", "ensemble"):
-        if app in systems:
-            runs += ray_runs(bench, app, opts.settings)
+        for setting in opts.settings if app in systems else []:
+            sweep(app, ray_server(f"{app}-{setting}", app, log_dir, setting))
     win = report.winner(runs) or opts.settings[0]
-    if "naive" in systems:
-        runs += ray_runs(bench, "naive", list(dict.fromkeys([win, "default"])))
+    for setting in dict.fromkeys([win, "default"]) if "naive" in systems else []:
+        sweep("naive", ray_server(f"naive-{setting}", "naive", log_dir, setting))
     if "fastapi" in systems:
-        runs.append({"system": "fastapi", **bench.sweep(inproc_server(log_dir))})
+        sweep("fastapi", inproc_server(log_dir))
     if "bentoml" in systems:
         from bench import venvs
 
-        venv = venvs.ensure("bentoml", Path(opts.venvs_dir), log=log)
-        runs.append({"system": "bentoml", **bench.sweep(bento_server(venv, log_dir))})
+        venv = stages.attempt("bentoml venv", lambda: venvs.ensure("bentoml", Path(opts.venvs_dir), log=log))
+        if venv is not None:
+            sweep("bentoml", bento_server(venv, log_dir))
     if "deadline" in systems:
-        results["deadline"] = bench.sweep(ray_server(f"deadline-{win}", "deadline", log_dir, win), allow_degraded=True)
+        server = ray_server(f"deadline-{win}", "deadline", log_dir, win)
+        results["deadline"] = stages.attempt(server.name, lambda: bench.sweep(server, allow_degraded=True))
     if "members" in systems:
-        high = [max(opts.connections)]
-        results["members"] = {
-            str(n): bench.sweep(ray_server(f"members{n}-{win}", "members", log_dir, win, ["--members", str(n)]),
-                                high)["points"][0]
-            for n in (2, 8)
-        }
+        results["members"] = {}
+        for n in (2, 8):
+            server = ray_server(f"members{n}-{win}", "members", log_dir, win, ["--members", str(n)])
+            record = stages.attempt(server.name, lambda: bench.sweep(server, [max(opts.connections)]))
+            if record is not None:
+                results["members"][str(n)] = record["points"][0]
     if "member-check" in systems:
         server = ray_server("member-check", "member-check", log_dir, win, ["--seconds", str(opts.member_seconds)])
-        with serving(server, lambda url: True):
-            results["member_check"] = {"batch": 64, **server.info["member_check"]}
+
+        def check() -> dict[str, Any]:
+            with bench.serving(server, lambda url: True):
+                return {"batch": 64, **server.info["member_check"]}
+
+        results["member_check"] = stages.attempt(server.name, check)
     return results
 
 
@@ -183,6 +242,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"Ray Serve ingress settings, from {','.join(SETTINGS)}")
     parser.add_argument("--systems", type=lambda s: s.split(","), default=list(ALL_SYSTEMS),
                         help=f"what to run, from {','.join(ALL_SYSTEMS)}")
+    parser.add_argument("--quiet-wait", type=float, default=180.0,
+                        help="most seconds to wait before each server for other work on the machine to end")
     parser.add_argument("--member-seconds", type=float, default=3.0, help="seconds per member-check measurement")
     parser.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
     parser.add_argument("--plots-dir", default=str(REPO / "bench" / "plots"))

@@ -76,6 +76,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.info: dict[str, Any] = {}
         self.started_s = 0.0
+        self.background_cores = 0.0  # the machine's busy cores just before start (other work)
         self.known: dict[int, float] = {}  # pid -> start time, of every process of its tree seen
 
     @property

@@ -1,12 +1,14 @@
 """What is measured: the committed code of a git ref, exported apart from the working tree.
 
-`--source HEAD` (the default) exports the ref with `git archive` to a cache directory, lays the
-working tree's bench/ over it and trains the demo models there with that code (`models.train
---if-missing`, seeded), so edits in progress in the working tree never mix into a run and the
-models always match the code that serves them. `--source worktree` measures the tree as it is.
+`--source HEAD` (the default) exports the ref with `git archive` to a cache directory and lays
+the working tree's bench/ over it, so edits in progress in the working tree never mix into a
+run. The demo models there are the working tree's model_repo/ when models/ is unchanged since
+the ref (training is seeded, so they are what the ref would train), else trained with the ref's
+code (`models.train --if-missing`). `--source worktree` measures the tree as it is.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -39,13 +41,10 @@ def prepare(ref: str, repo: Path = REPO, python: str = sys.executable, log=print
         (dest / ".exported").write_text(sha)
     shutil.rmtree(dest / "bench", ignore_errors=True)
     shutil.copytree(repo / "bench", dest / "bench", ignore=SKIP)
+    models_unchanged = subprocess.run(["git", "diff", "--quiet", sha, "--", "models"], cwd=repo).returncode == 0
+    if models_unchanged and (repo / "model_repo").is_dir() and not (dest / "model_repo").exists():
+        shutil.copytree(repo / "model_repo", dest / "model_repo")
     log(f"source: {sha[:12]} exported to {dest}; training the demo models there if missing")
     subprocess.run([python, "-m", "models.train", "--root", "model_repo", "--if-missing"], cwd=dest, check=True,
-                   env={**_env(), "PYTHONPATH": str(dest)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   env={**os.environ, "PYTHONPATH": str(dest)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return dest, sha
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

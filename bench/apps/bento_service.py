@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 
-MEMBERS = (("xgboost", "v1"), ("lightgbm", "v1"), ("patchtst", "v1"), ("lstm", "v1"), ("nhits", "v1"))
+from bench.apps import MEMBERS  # noqa: E402
 MODEL_ROOT = os.environ.get("BENCH_MODEL_ROOT", str(REPO / "model_repo"))
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 

@@ -4,23 +4,23 @@
 loaded with the project's `models.repository.load_runtime` (SHA-256 checked, warmed up), one
 framework thread each (as the ensemble's replicas have). Every request runs the five models
 one after the other on its window, on the event loop: no batching, no thread hops.
+(No postponed annotations: FastAPI must see the real `Request` type on the route.)
 """
-from __future__ import annotations
-
 import argparse
-import os
 from pathlib import Path
 
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from bench.apps import MEMBERS
+
 REPO = Path(__file__).resolve().parents[2]
-MEMBERS = (("xgboost", "v1"), ("lightgbm", "v1"), ("patchtst", "v1"), ("lstm", "v1"), ("nhits", "v1"))
 
 
-def create_app(model_root: str | Path, threads: int = 1):
-    import numpy as np
-    import orjson
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
-
+def create_app(model_root: str | Path, threads: int = 1) -> FastAPI:
+    """The app, with every model loaded (and so warmed up) before it serves."""
     from models.repository import load_runtime
 
     runtimes = {f"{m}-{v}": load_runtime(model_root, m, v, num_threads=threads) for m, v in MEMBERS}
@@ -43,16 +43,14 @@ def create_app(model_root: str | Path, threads: int = 1):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve on loopback; the harness sets one OpenMP/BLAS thread in the environment before start."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-root", default=str(REPO / "model_repo"))
-    parser.add_argument("--threads", type=int, default=1)
     opts = parser.parse_args(argv)
-    value = str(opts.threads)
-    os.environ.update({k: value for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
     import uvicorn
 
-    uvicorn.run(create_app(opts.model_root, opts.threads), host="127.0.0.1", port=opts.port, workers=1,
+    uvicorn.run(create_app(opts.model_root), host="127.0.0.1", port=opts.port, workers=1,
                 log_level="warning", access_log=False)
 
 

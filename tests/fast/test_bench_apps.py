@@ -54,3 +54,9 @@ def test_members_app_serves_n_distinct_versions(graph: str, n: int) -> None:
     bound = bound_deployments(ensemble_apps.members_app(n, graph))
     members = [name for name in bound if name.endswith("-v1") and "_" in name]
     assert len(members) == n
+
+
+def test_the_in_process_peers_serve_the_graphs_members() -> None:
+    from bench.apps import MEMBERS
+
+    assert [f"{model}-{version}" for model, version in MEMBERS] == naive.first_versions(yaml_args(GRAPH))

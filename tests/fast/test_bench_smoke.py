@@ -21,7 +21,7 @@ def test_noop_run_measures_writes_and_leaves_nothing_running(tmp_path: Path) -> 
     except WrkMissing as exc:
         pytest.skip(str(exc))
     code = run.main(["--source", "worktree", "--systems", "noop", "--settings", "default", "--connections", "2",
-                     "--duration", "1", "--warmup", "0", "--no-plots", "--results-dir", str(tmp_path)])
+                     "--duration", "1", "--warmup", "0", "--quiet-wait", "0", "--no-plots", "--results-dir", str(tmp_path)])
     assert code == 0
     results = json.loads((tmp_path / "latest.json").read_text())
     (noop,) = results["runs"]
