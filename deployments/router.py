@@ -262,7 +262,10 @@ class EnsembleRouter:
 
     @app.get("/v1/admin/traffic", summary="Splits and shadows of every member", responses=ADMIN_ERRORS)
     async def admin_traffic(self, authorization: str | None = Header(None)) -> Response:
-        return self._refusal(authorization) or json_response(self.traffic)
+        if (refused := self._refusal(authorization)) is not None:
+            return refused
+        # The control plane's own view: this replica's copy may trail a change by one long poll.
+        return json_response((await self.control.snapshot.remote(-1, 0.0))["traffic"])
 
     @app.put("/v1/admin/traffic/{member}", summary="Set a member's split and/or shadows", responses=ADMIN_ERRORS,
              openapi_extra=json_body(TrafficChange))
