@@ -71,6 +71,7 @@ class Bench:
     def measure(self, server: Server, connections: int) -> dict[str, Any]:
         """One point: wrk at `connections` while the server's process tree is sampled."""
         run = WrkRun(server.url, connections, self.duration_s, threads_for(connections), self.script)
+        wait_quiet(self.quiet_wait_s, server.pids())
         before, wrk_before = busy_cpu_s(), children_cpu_s()
         with TreeMonitor(server.pids()) as monitor:
             parsed = run_wrk(run, self.wrk)
@@ -117,13 +118,17 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def wait_quiet(max_wait_s: float, cores: float = 0.3, window_s: float = 2.0) -> float:
-    """Wait (up to `max_wait_s`) until the machine's other work uses under `cores`; returns the last reading."""
+def wait_quiet(max_wait_s: float, exclude: list[int] = (), cores: float = 0.3, window_s: float = 2.0) -> float:
+    """Wait (up to `max_wait_s`) until work other than the trees under `exclude` uses under `cores`.
+
+    Returns the last reading, in cores.
+    """
     deadline = time.monotonic() + max_wait_s
     while True:
         before = busy_cpu_s()
-        time.sleep(window_s)
-        used = (busy_cpu_s() - before) / window_s
+        with TreeMonitor(list(exclude)) as ours:
+            time.sleep(window_s)
+        used = max(0.0, busy_cpu_s() - before - ours.usage().cpu_s) / window_s
         if used < cores or time.monotonic() > deadline:
             return used
         log(f"  waiting for a quiet machine: {used:.1f} cores busy with other work")
@@ -242,7 +247,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"Ray Serve ingress settings, from {','.join(SETTINGS)}")
     parser.add_argument("--systems", type=lambda s: s.split(","), default=list(ALL_SYSTEMS),
                         help=f"what to run, from {','.join(ALL_SYSTEMS)}")
-    parser.add_argument("--quiet-wait", type=float, default=180.0,
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="most seconds to wait before each server for other work on the machine to end")
     parser.add_argument("--member-seconds", type=float, default=3.0, help="seconds per member-check measurement")
     parser.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
