@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -43,5 +44,5 @@ class ModelDeployment:
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: its manifest and the device it really runs on."""
-        return {"deployment": self.name, "device": self.runtime.device,
+        return {"deployment": self.name, "device": self.runtime.device, "pid": os.getpid(),
                 "manifest": self.runtime.manifest.model_dump(mode="json")}

@@ -88,10 +88,17 @@ class MemberMetrics:
 @serve.deployment
 @serve.ingress(app)
 class EnsembleRouter:
-    def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle]],
+    def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle | str]],
                  contract: dict[str, int], control: DeploymentHandle) -> None:
         self.args = GraphArgs.model_validate(args)
-        self.members = members
+        # A name instead of a handle: that version is its own application (GraphArgs.member_apps),
+        # which may still be deploying; /readyz says so until it answers.
+        self.members = {
+            model: {version: member if isinstance(member, DeploymentHandle)
+                    else serve.get_deployment_handle(member, app_name=member, _check_exists=False)
+                    for version, member in versions.items()}
+            for model, versions in members.items()
+        }
         self.control = control
         router = self.args.router
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
@@ -106,7 +113,7 @@ class EnsembleRouter:
                         for model, spec in self.args.members.items()}
         self.predictor = EnsemblePredictor(
             calls={model: {version: handle.predict.remote for version, handle in versions.items()}
-                   for model, versions in members.items()},
+                   for model, versions in self.members.items()},
             traffic=self.traffic,
             weights=lambda: self.weights,
             deadline_s=router.deadline_s,

@@ -6,7 +6,8 @@ deploy time, and unknown keys are rejected everywhere so a typo never passes sil
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -70,6 +71,14 @@ class MemberVersionSpec(ReplicaSpec):
     max_batch_rows: int = Field(
         256, ge=1, description="Most window rows one model call carries when concurrent calls are merged."
     )
+
+
+class MemberAppArgs(MemberVersionSpec):
+    """Arguments of `graphs.ensemble:build_member`: one member version as its own Serve application."""
+
+    model_root: str = Field("model_repo", description="Model repository root, relative to the working directory.")
+    model: str = Field(description="Model name in the repository, e.g. patchtst.")
+    version: str = Field(description="Version in the repository, e.g. v2.")
 
 
 class MemberSpec(StrictModel):
@@ -157,12 +166,57 @@ class GraphArgs(StrictModel):
     trust: TrustSpec = Field(default_factory=TrustSpec, description="How trust is learned from feedback.")
     ledger: LedgerSpec = Field(default_factory=LedgerSpec, description="Prediction log and feedback join.")
     state: StateSpec = Field(default_factory=lambda: StateSpec(), description="Where learned state persists.")
+    member_apps: bool = Field(
+        False,
+        description="Each member version runs as its own Serve application named `<model>-<version>` (built by "
+        "graphs.ensemble:build_member, where its resources are set), so deploying a config that adds or "
+        "changes one version leaves the other members' replicas running.",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> GraphArgs:
         if not self.members:
             raise ValueError("members must name at least one model")
-        for name in self.members:
+        for name, spec in self.members.items():
             if not NAME_PATTERN.match(name):
                 raise ValueError(f"member name {name!r} must be lower-case letters, digits and _")
+            for version, vspec in spec.versions.items():
+                if self.member_apps and vspec != MemberVersionSpec():
+                    raise ValueError(f"members.{name}.versions.{version}: with member_apps, leave it {{}} and set its "
+                                     f"resources in the application {deployment_name(name, version)}")
         return self
+
+
+ENSEMBLE_IMPORT_PATH = "graphs.ensemble:build_app"
+MEMBER_IMPORT_PATH = "graphs.ensemble:build_member"
+
+
+def single_application(config: Mapping[str, Any]) -> GraphArgs:
+    """The ensemble of a Serve config (`applications: [...]`) as one application.
+
+    With member applications, their settings are folded into the ensemble's members; a member
+    version without its application, or a member application no ensemble uses, is an error.
+    """
+    apps = config["applications"]
+    ensembles = [app for app in apps if app["import_path"] == ENSEMBLE_IMPORT_PATH]
+    if len(ensembles) != 1:
+        raise ValueError(f"expected one application built by {ENSEMBLE_IMPORT_PATH}, found {len(ensembles)}")
+    args = GraphArgs.model_validate(ensembles[0].get("args", {}))
+    if not args.member_apps:
+        return args
+    member_apps = {app["name"]: MemberAppArgs.model_validate(app.get("args", {}))
+                   for app in apps if app["import_path"] == MEMBER_IMPORT_PATH}
+    folded = args.model_dump(exclude_unset=True)
+    folded["member_apps"] = False
+    for model, spec in args.members.items():
+        for version in spec.versions:
+            name = deployment_name(model, version)
+            member = member_apps.pop(name, None)
+            if member is None or (member.model, member.version) != (model, version):
+                raise ValueError(f"member version {name} needs an application {name} built by {MEMBER_IMPORT_PATH} "
+                                 f"with model {model!r} and version {version!r}")
+            folded["members"][model]["versions"][version] = member.model_dump(
+                exclude_unset=True, exclude={"model_root", "model", "version"})
+    if member_apps:
+        raise ValueError(f"member applications no ensemble member uses: {sorted(member_apps)}")
+    return GraphArgs.model_validate(folded)

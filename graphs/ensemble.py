@@ -1,4 +1,8 @@
-"""Typed application builder: `import_path: graphs.ensemble:build_app` in the Serve YAML files.
+"""Typed application builders named by the Serve YAML files' `import_path`.
+
+`build_app` builds the ensemble (router, control plane and, unless `member_apps`, every member
+version); `build_member` builds one member version as its own application, so that a config
+adding a version leaves the other members' applications, and so their replicas, untouched.
 
 No postponed annotations: Serve reads `build_app`'s parameter type to validate the YAML args.
 """
@@ -10,7 +14,7 @@ from ray.serve import Application
 from deployments.control import ControlPlane
 from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
-from ensemble.config import GraphArgs, MemberVersionSpec, ReplicaSpec, deployment_name
+from ensemble.config import GraphArgs, MemberAppArgs, MemberVersionSpec, ReplicaSpec, deployment_name
 from models.repository import read_manifest
 
 
@@ -36,15 +40,20 @@ def _deployment_options(spec: ReplicaSpec) -> dict[str, Any]:
     return options
 
 
-def _member(args: GraphArgs, model: str, version: str, spec: MemberVersionSpec) -> Application:
+def _member(model_root: str, model: str, version: str, spec: MemberVersionSpec) -> Application:
     return ModelDeployment.options(name=deployment_name(model, version), **_deployment_options(spec)).bind(
-        args.model_root,
+        model_root,
         model,
         version,
         spec.framework_threads,
         "cuda" if spec.num_gpus > 0 else "cpu",
         spec.max_batch_rows,
     )
+
+
+def build_member(args: MemberAppArgs) -> Application:
+    """One member version as its own application (used with `GraphArgs.member_apps`)."""
+    return _member(args.model_root, args.model, args.version, args)
 
 
 def input_contract(args: GraphArgs) -> dict[str, int]:
@@ -62,8 +71,12 @@ def input_contract(args: GraphArgs) -> dict[str, int]:
 
 
 def build_app(args: GraphArgs) -> Application:
+    # With member applications the router reaches each version by its application's name.
     members = {
-        model: {version: _member(args, model, version, vspec) for version, vspec in spec.versions.items()}
+        model: {
+            version: deployment_name(model, version) if args.member_apps else _member(args.model_root, model, version, vspec)
+            for version, vspec in spec.versions.items()
+        }
         for model, spec in args.members.items()
     }
     config = args.model_dump(mode="json")

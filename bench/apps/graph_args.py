@@ -18,10 +18,13 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GRAPH = REPO / "graphs" / "ensemble.yaml"
 
 
-def yaml_args(graph: str | Path | None = None, app_index: int = 0) -> dict[str, Any]:
-    """The `args:` of one application in a Serve YAML, with `model_root` made absolute."""
+def yaml_args(graph: str | Path | None = None) -> dict[str, Any]:
+    """The ensemble of a Serve YAML as one application's args (member applications folded in),
+    with `model_root` made absolute."""
+    from ensemble.config import single_application
+
     config = yaml.safe_load(Path(graph or DEFAULT_GRAPH).read_text())
-    args = dict(config["applications"][app_index]["args"])
+    args = single_application(config).model_dump(mode="json", exclude_unset=True)
     root = Path(args.get("model_root", "model_repo"))
     args["model_root"] = str(root if root.is_absolute() else (REPO / root))
     return args

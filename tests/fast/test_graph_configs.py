@@ -9,8 +9,8 @@ from ray.serve import Application
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
-from ensemble.config import GraphArgs
-from graphs.ensemble import build_app
+from ensemble.config import ENSEMBLE_IMPORT_PATH, MEMBER_IMPORT_PATH, GraphArgs, single_application
+from graphs.ensemble import build_app, build_member
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
@@ -24,16 +24,38 @@ def test_there_are_graphs():
 def test_graph_yaml_is_valid_serve_config_and_builder_args(path: Path, tiny_repo: Path):
     config = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(config)
+    builders = {ENSEMBLE_IMPORT_PATH: build_app, MEMBER_IMPORT_PATH: build_member}
     for app in schema.applications:
-        assert app.import_path == "graphs.ensemble:build_app"
-        GraphArgs.model_validate(app.args)
+        assert app.import_path in builders
         # Exactly what `serve run` / `serve deploy` do with the YAML's args.
-        built = call_user_app_builder_with_args_if_necessary(build_app, {**app.args, "model_root": str(tiny_repo)})
+        args = {**app.args, "model_root": str(tiny_repo)}
+        built = call_user_app_builder_with_args_if_necessary(builders[app.import_path], args)
         assert isinstance(built, Application)
+    # Every member version has its application and every member application a member.
+    assert single_application(config).members
+
+
+def test_member_apps_must_match_the_ensemble():
+    config = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())
+    apps = config["applications"]
+    members = [a for a in apps if a["import_path"] == MEMBER_IMPORT_PATH]
+    if not members:
+        pytest.skip("graphs/ensemble.yaml runs its members inside the ensemble application")
+    with pytest.raises(ValueError, match="needs an application"):
+        single_application({"applications": [a for a in apps if a is not members[0]]})
+    orphan = {**members[0], "name": "orphan-v1", "args": {**members[0]["args"], "model": "orphan"}}
+    with pytest.raises(ValueError, match="no ensemble member uses"):
+        single_application({"applications": [*apps, orphan]})
+    ensemble = next(a for a in apps if a["import_path"] == ENSEMBLE_IMPORT_PATH)
+    model = next(iter(ensemble["args"]["members"]))
+    version = next(iter(ensemble["args"]["members"][model]["versions"]))
+    ensemble["args"]["members"][model]["versions"][version] = {"num_cpus": 1}
+    with pytest.raises(ValueError, match="set its resources in the application"):
+        GraphArgs.model_validate(ensemble["args"])
 
 
 def test_unknown_keys_are_rejected():
-    args = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())["applications"][0]["args"]
+    args = single_application(yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())).model_dump()
     GraphArgs.model_validate(args)
     with pytest.raises(ValueError, match="extra"):
         GraphArgs.model_validate({**args, "surprise": 1})
