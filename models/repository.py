@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from models.data import FEATURES, N_FEATURES, WINDOW
-from models.errors import ArtifactIntegrityError, ModelError, ModelLoadError
+from models.errors import ArtifactIntegrityError, ModelLoadError
 from models.runtimes.base import Runtime, runtime_class
 
 Framework = Literal["xgboost", "lightgbm", "onnx", "torch"]
