@@ -48,19 +48,25 @@ def draw(results: dict[str, Any], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 5))
         for system, _, p in rows:
             if p["connections"] == connections and p["cdf_ms"]:
-                ms, pct = zip(*[(v, q) for q, v in p["cdf_ms"]])
-                ax.plot(ms, [q / 100 for q in pct], marker=".", label=SYSTEMS[system])
+                ax.plot(*cdf(p), marker=".", label=SYSTEMS[system])
         deadline = next((p for p in (results.get("deadline") or {}).get("points", []) if p["connections"] == connections),
                         None)
         if deadline and deadline["cdf_ms"]:
-            ms, pct = zip(*[(v, q) for q, v in deadline["cdf_ms"]])
-            ax.plot(ms, [q / 100 for q in pct], linestyle="--", label="ensemble, one member stalled, 25 ms deadline")
+            ax.plot(*cdf(deadline), linestyle="--", label="ensemble, one member stalled, 25 ms deadline")
         ax.set(xscale="log", xlabel="latency ms (log)", ylabel="fraction of requests",
                title=f"Latency CDF at {connections} connection(s)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         written.append(_save(fig, out_dir / f"latency_cdf_{connections}.png"))
     return written
+
+
+def cdf(point: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """(latency ms, fraction) of a point; wrk's 100th percentile is unreliable, its max is the top."""
+    pairs = [(v, q / 100) for q, v in point["cdf_ms"] if q < 100]
+    if point.get("max_ms") is not None:
+        pairs.append((point["max_ms"], 1.0))
+    return [v for v, _ in pairs], [q for _, q in pairs]
 
 
 def _save(fig, path: Path) -> Path:

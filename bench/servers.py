@@ -56,6 +56,15 @@ def predict_probe(body: bytes, allow_degraded: bool = False) -> Probe:
     return probe
 
 
+def marked(marker: str) -> list[psutil.Process]:
+    """Live processes whose command line contains `marker`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
 class ServerFailed(RuntimeError):
     pass
 
@@ -64,7 +73,8 @@ class Server:
     """One server process group under test, reachable at http://127.0.0.1:<port>."""
 
     def __init__(self, name: str, command: list[str], port: int, settings: str, log_dir: Path,
-                 env: dict[str, str] | None = None, ready_file: Path | None = None, cwd: Path = REPO) -> None:
+                 env: dict[str, str] | None = None, ready_file: Path | None = None, cwd: Path = REPO,
+                 marker: str | None = None) -> None:
         self.name = name
         self.command = command
         self.port = port
@@ -72,6 +82,9 @@ class Server:
         self.env = env or {}
         self.ready_file = ready_file
         self.cwd = cwd
+        # A string only this server's processes have in their command line (Ray's private temp dir):
+        # workers that Ray spawns late, or whose raylet died first, are found by it at stop.
+        self.marker = marker
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.info: dict[str, Any] = {}
@@ -146,13 +159,18 @@ class Server:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        if self.marker:
+            self.known.update({p.pid: p.create_time() for p in marked(self.marker)})
+        killed = []
         for pid, created in self.known.items():
             try:
                 p = psutil.Process(pid)
                 if abs(p.create_time() - created) < 0.01:
                     p.kill()
+                    killed.append(p)
             except psutil.NoSuchProcess:
                 pass
+        psutil.wait_procs(killed, timeout=10)  # gone (or reaped by init) before stop returns
         self.proc = None
 
 
@@ -172,7 +190,7 @@ def ray_server(name: str, app: str, log_dir: Path, settings: str = "default", ex
            "RAY_USAGE_STATS_ENABLED": "0"}
     command = [PYTHON, "-m", "bench.serve_runner", "--app", app, "--port", str(port), "--ready-file", str(ready),
                "--temp-dir", temp_dir, *(extra or [])]
-    return Server(name, command, port, settings, log_dir, env, ready)
+    return Server(name, command, port, settings, log_dir, env, ready, marker=temp_dir)
 
 
 def inproc_server(log_dir: Path, name: str = "fastapi") -> Server:
