@@ -117,6 +117,7 @@ class EnsembleRouter:
             traffic=self.traffic,
             weights=lambda: self.weights,
             deadline_s=router.deadline_s,
+            member_timeout_s=router.member_timeout_s,
             max_rows=min(v.max_batch_rows for spec in self.args.members.values() for v in spec.versions.values()),
             max_in_flight=router.max_in_flight,
             on_shadow=self._shadow_done,

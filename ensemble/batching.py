@@ -41,7 +41,12 @@ class CoalescingBatcher:
         return future
 
     def _start_calls(self) -> None:
-        while self._queue and self._in_flight < self._max_in_flight:
+        while self._in_flight < self._max_in_flight:
+            # Rows whose caller stopped waiting (cancelled past its deadline) are not sent.
+            while self._queue and self._queue[0][1].done():
+                self._queue.popleft()
+            if not self._queue:
+                return
             self._in_flight += 1
             asyncio.get_running_loop().create_task(self._run(self._take_batch()))
 
@@ -49,8 +54,10 @@ class CoalescingBatcher:
         batch = [self._queue.popleft()]
         rows = len(batch[0][0])
         while self._queue and rows + len(self._queue[0][0]) <= self._max_rows:
-            rows += len(self._queue[0][0])
-            batch.append(self._queue.popleft())
+            entry = self._queue.popleft()
+            if not entry[1].done():
+                rows += len(entry[0])
+                batch.append(entry)
         return batch
 
     async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:

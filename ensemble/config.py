@@ -136,6 +136,11 @@ class RouterSpec(ReplicaSpec):
     deadline_s: float = Field(
         1.0, gt=0, le=60, description="Seconds a request waits for members; later members are left out (degraded)."
     )
+    member_timeout_s: float = Field(
+        5.0, gt=0, le=600,
+        description="When no member answered by deadline_s, seconds the request may wait for the first answer "
+        "(degraded) before 503; member calls still running then are abandoned.",
+    )
     max_rows: int = Field(1024, ge=1, description="Most rows accepted in one window (longer ones are rejected).")
     max_instances: int = Field(256, ge=1, description="Most windows accepted in one batch request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")

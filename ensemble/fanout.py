@@ -99,6 +99,7 @@ class EnsemblePredictor:
         deadline_s: float,
         max_rows: int,
         max_in_flight: int,
+        member_timeout_s: float | None = None,
         on_shadow: Callable[[ShadowOutcome], None] = lambda outcome: None,
         max_shadow_rows: int = 1024,
         rng: random.Random | None = None,
@@ -106,14 +107,16 @@ class EnsemblePredictor:
         self.models = list(calls)
         self._weights = weights
         self._deadline_s = deadline_s
+        self._member_timeout_s = max(member_timeout_s or deadline_s, deadline_s)
         self._batchers = {
-            (model, version): CoalescingBatcher(call, max_rows, max_in_flight, deadline_s)
+            (model, version): CoalescingBatcher(call, max_rows, max_in_flight, self._member_timeout_s)
             for model, versions in calls.items()
             for version, call in versions.items()
         }
         # Mirrored calls queue apart, one at a time, so they never hold up a version's own traffic.
         self._shadow_batchers = {
-            key: CoalescingBatcher(batcher.call, max_rows, 1, deadline_s) for key, batcher in self._batchers.items()
+            key: CoalescingBatcher(batcher.call, max_rows, 1, self._member_timeout_s)
+            for key, batcher in self._batchers.items()
         }
         self._shadow_rows = dict.fromkeys(self._batchers, 0)
         self._max_shadow_rows = max_shadow_rows
@@ -147,7 +150,7 @@ class EnsemblePredictor:
         done_at: dict[int, float] = {}
         for *_, future in pending:
             future.add_done_callback(lambda f: done_at.setdefault(id(f), time.perf_counter()))
-        await asyncio.wait([future for *_, future in pending], timeout=self._deadline_s)
+        await self._wait([future for *_, future in pending])
         waited = time.perf_counter()
 
         predictions = np.full((len(self.models), batch), np.nan)
@@ -157,7 +160,7 @@ class EnsemblePredictor:
         for m, version, index, future in pending:
             model = self.models[m]
             weights[m, index] = weight_of.get(deployment_name(model, version), 0.0)
-            if not future.done():
+            if future.cancelled():
                 status = "timeout"
             elif future.exception() is not None or not np.isfinite(future.result()).all():
                 status = "error"
@@ -168,6 +171,23 @@ class EnsemblePredictor:
             outcomes.append(CallOutcome(model, version, len(index), latency, status))
         combined, applied = weighted_mean(predictions, weights)
         return EnsembleResult(self.models, versions, predictions, applied, combined, outcomes)
+
+    async def _wait(self, futures: list[asyncio.Future[np.ndarray]]) -> None:
+        """Until the deadline; past it only while no member has answered, for the first that does.
+
+        A late answer beats none (Clipper): under load every member may miss a tight deadline, and
+        one answer then still makes a degraded prediction rather than a 503. What is still running
+        when this returns is cancelled, so queued rows nobody waits for are never sent.
+        """
+        _, running = await asyncio.wait(futures, timeout=self._deadline_s)
+        late_until = time.perf_counter() + self._member_timeout_s - self._deadline_s
+        while running and not any(_answered(f) for f in futures):
+            left = late_until - time.perf_counter()
+            if left <= 0:
+                break
+            _, running = await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        for future in running:
+            future.cancel()
 
     def _mirror(self, model: str, chosen: list[str], windows: np.ndarray, request_ids: Sequence[str]) -> None:
         """Send each shadow version its share of the instances that did not already reach it; never awaited."""
@@ -194,3 +214,8 @@ class EnsemblePredictor:
             self._on_shadow(ShadowOutcome(*key, ids, None, "error"))
         else:
             self._on_shadow(ShadowOutcome(*key, ids, future.result(), "ok"))
+
+
+def _answered(future: asyncio.Future[np.ndarray]) -> bool:
+    return (future.done() and not future.cancelled() and future.exception() is None
+            and bool(np.isfinite(future.result()).all()))

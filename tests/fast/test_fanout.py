@@ -118,3 +118,39 @@ def test_shadow_share_is_sampled_and_skips_instances_already_on_that_version():
         assert mirrored <= on_v1 and abs(len(mirrored) / len(on_v1) - 0.5) < 0.06
 
     asyncio.run(scenario())
+
+
+def test_past_the_deadline_the_first_late_answer_is_used():
+    ensemble = EnsemblePredictor(
+        {"slow": {"v1": constant(1.0, delay_s=0.2)}, "slower": {"v1": constant(2.0, delay_s=3.0)}},
+        {"slow": {"split": {"v1": 1.0}}, "slower": {"split": {"v1": 1.0}}},
+        lambda: {}, deadline_s=0.05, max_rows=64, max_in_flight=2, member_timeout_s=1.0,
+    )
+    started = time.perf_counter()
+    result = asyncio.run(ensemble.predict(WINDOWS, [None] * 3))
+    assert 0.15 < time.perf_counter() - started < 0.9  # the first late answer, not the slowest one
+    answer = result.answers(["a", "b", "c"])[0]
+    assert answer["prediction"] == 1.0 and answer["missing"] == ["slower"]
+    assert {o.model: o.status for o in result.outcomes} == {"slow": "ok", "slower": "timeout"}
+
+
+def test_rows_whose_caller_gave_up_are_not_sent():
+    sent: list[int] = []
+
+    async def call(rows: np.ndarray) -> np.ndarray:
+        sent.append(len(rows))
+        await asyncio.sleep(0.05)
+        return np.zeros(len(rows), dtype=np.float32)
+
+    async def scenario() -> None:
+        from ensemble.batching import CoalescingBatcher
+
+        batcher = CoalescingBatcher(call, max_rows=64, max_in_flight=1, timeout_s=1.0)
+        first = batcher.submit(np.zeros((2, 1)))
+        abandoned = batcher.submit(np.zeros((3, 1)))
+        kept = batcher.submit(np.zeros((4, 1)))
+        abandoned.cancel()
+        await asyncio.gather(first, kept)
+
+    asyncio.run(scenario())
+    assert sent == [2, 4]
