@@ -154,9 +154,10 @@ class TrafficController:
     # -- reports ---------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         history = self.store.events(limit=1000)
+        traffic = self.snapshot()
         return {
             member: {
-                "traffic": self.snapshot()[member],
+                "traffic": traffic[member],
                 "rollout": self.rollouts[member].report() if member in self.rollouts else None,
                 "history": [e for e in history if e["subject"] == member],
             }
