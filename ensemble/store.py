@@ -91,11 +91,13 @@ class StateStore:
     def log_predictions(self, rows: Sequence[tuple[str, float, dict[str, float]]]) -> None:
         if not rows:
             return
-        ids = [r[0] for r in rows]
+        # A repeated request_id replaces the older prediction, in this batch or before it: the
+        # latest answer is what a label refers to.
+        latest = {rid: (created, members) for rid, created, members in rows}
         with self.engine.begin() as conn:
-            # A repeated request_id replaces the older prediction: the latest answer is what a label refers to.
-            conn.execute(delete(predictions).where(predictions.c.request_id.in_(ids)))
-            conn.execute(insert(predictions), [{"request_id": i, "created_at": t, "members": m} for i, t, m in rows])
+            conn.execute(delete(predictions).where(predictions.c.request_id.in_(list(latest))))
+            conn.execute(insert(predictions),
+                         [{"request_id": rid, "created_at": t, "members": m} for rid, (t, m) in latest.items()])
 
     def recent_predictions(self, since: float, limit: int) -> list[tuple[str, float, dict[str, float]]]:
         query = (

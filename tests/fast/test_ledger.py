@@ -81,3 +81,17 @@ def test_every_policy_restores_exactly(tmp_path: Path, policy: str):
     restored = Ledger(StateStore(f"sqlite:///{tmp_path / 's.db'}"), TrustBook(TrustSpec(policy=policy), dict(PRIORS)),
                       LedgerSpec(), clock)
     assert restored.trust.weights() == book.trust.weights()
+
+
+def test_a_request_id_repeated_within_one_batch_keeps_the_latest(tmp_path: Path):
+    """Clients reuse request ids; one shipped batch holding the same id twice must still be logged."""
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, join_grace_s=0)
+    book.record([("dup", clock.now, {"a-v1": 5.0}), ("other", clock.now, {"a-v1": 0.0}),
+                 ("dup", clock.now + 1, {"a-v1": 1.0})],
+                shadow_rows=[("dup", clock.now + 1, {"b-v1": 1.0})])
+    again = ledger(tmp_path / "s.db", clock, join_grace_s=0)
+    assert len(again) == 2
+    assert again.feedback([("dup", 1.0)]).applied == 1
+    assert again.trust.stats["a-v1"].labels == 1 and again.trust.stats["b-v1"].labels == 1
+    assert again.trust.stats["a-v1"].recent() == 0.0  # the latest prediction (1.0) was joined, not 5.0

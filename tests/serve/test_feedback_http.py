@@ -1,6 +1,8 @@
 """Learned trust over HTTP: feedback moves the weights, and a restart keeps them exactly."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 from ray import serve
@@ -77,3 +79,15 @@ def test_bad_feedback_is_4xx_and_applies_nothing(client: httpx.Client, payload, 
 
 def test_members_are_all_reported(client: httpx.Client):
     assert sorted(client.get("/v1/trust").json()["members"]) == DEPLOYED
+
+
+def test_reused_request_ids_never_block_the_prediction_log(client: httpx.Client):
+    """Clients resend request ids; predictions after a burst of repeats are still logged and joined."""
+    body = {"window": WINDOWS[0].tolist(), "request_id": "reused"}
+    with ThreadPoolExecutor(8) as pool:  # concurrent, so one replica ships the same id twice at once
+        assert {r.status_code for r in pool.map(lambda _: client.post("/v1/predict", json=body), range(24))} == {200}
+    answer = client.post("/v1/predict", json={"window": WINDOWS[1].tolist(), "request_id": "after-reuse"}).json()
+    before = client.get("/v1/trust").json()["feedback"]["applied"]
+    labels = [{"request_id": "reused", "actual": 0.0}, {"request_id": "after-reuse", "actual": answer["prediction"]}]
+    client.post("/v1/feedback", json={"items": labels})
+    wait_until(lambda: client.get("/v1/trust").json()["feedback"]["applied"] == before + 2, 10, "both labels applied")
