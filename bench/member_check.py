@@ -19,7 +19,7 @@ from bench.apps.graph_args import bound_deployments, build, yaml_args
 from ensemble.config import GraphArgs, deployment_name
 
 BATCH = 64
-IN_FLIGHT = 2
+IN_FLIGHT = 2  # so the replica always has the next call queued: its capacity, not the round trip
 
 
 def _members(graph: str | None):

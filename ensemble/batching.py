@@ -63,7 +63,8 @@ class CoalescingBatcher:
     async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         try:
             inputs = batch[0][0] if len(batch) == 1 else np.concatenate([rows for rows, _ in batch])
-            outputs = await asyncio.wait_for(self.call(inputs), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):  # unlike wait_for, no extra task per call
+                outputs = await self.call(inputs)
             if len(outputs) != len(inputs):
                 raise ValueError(f"model returned {len(outputs)} outputs for {len(inputs)} inputs")
             offset = 0

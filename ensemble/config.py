@@ -145,7 +145,10 @@ class RouterSpec(ReplicaSpec):
     max_instances: int = Field(256, ge=1, description="Most windows accepted in one batch request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")
     max_in_flight: int = Field(
-        2, ge=1, description="Model calls per member version in flight at once; requests arriving meanwhile are merged."
+        1, ge=1,
+        description="Model calls per member version and router replica in flight at once; requests arriving "
+        "meanwhile are merged into the next call. One makes the largest calls (measured best on two cores); raise "
+        "it for a member version that runs several replicas.",
     )
     max_shadow_rows: int = Field(
         1024, ge=1, description="Mirrored rows queued or in flight per shadow version; beyond it they are dropped and counted."

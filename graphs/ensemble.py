@@ -41,7 +41,10 @@ def _deployment_options(spec: ReplicaSpec) -> dict[str, Any]:
 
 
 def _member(model_root: str, model: str, version: str, spec: MemberVersionSpec) -> Application:
-    return ModelDeployment.options(name=deployment_name(model, version), **_deployment_options(spec)).bind(
+    # No access log per member call: the router logs each request, and a log line per call was
+    # a twentieth of a member's CPU.
+    options = {**_deployment_options(spec), "logging_config": {"enable_access_log": False}}
+    return ModelDeployment.options(name=deployment_name(model, version), **options).bind(
         model_root,
         model,
         version,
