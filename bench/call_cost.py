@@ -1,0 +1,123 @@
+"""What one call to a member costs: a Serve handle call against HTTP through Serve's ingress.
+
+`python -m bench.call_cost [--rows N] [--seconds S]`, run with the ingress settings to compare
+(`make serve`'s are `RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`). One local
+Ray, one replica holding xgboost v1 (0.2 CPU, one thread, no access log, as the builder binds
+members), reached two ways, in turn, twice each, with two calls in flight for S seconds: its
+`predict` method through a `DeploymentHandle` (pickled numpy over Serve's gRPC), and its HTTP
+route through Serve's ingress (raw float32 bytes, aiohttp, keep-alive). CPU seconds of the
+caller, the replica and HAProxy are divided by the calls answered.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+REPO = Path(__file__).resolve().parents[1]
+PORT = 8311
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.2, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}},
+                  logging_config={"enable_access_log": False})
+class Member:
+    def __init__(self, model_root: str) -> None:
+        from models.repository import load_runtime
+        self.runtime = load_runtime(model_root, "xgboost", "v1", num_threads=1)
+
+    async def predict(self, windows: np.ndarray) -> np.ndarray:
+        return self.runtime.predict(windows)
+
+    async def __call__(self, request: Request) -> Response:
+        windows = np.frombuffer(await request.body(), dtype=np.float32).reshape(-1, 128, 8)
+        return Response(self.runtime.predict(windows).astype(np.float32).tobytes())
+
+
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    seconds = {}
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        name = " ".join(proc.info["cmdline"] or []) or proc.info["name"]
+        role = "caller" if proc.pid == os.getpid() else "replica" if "ServeReplica" in name else \
+            "haproxy" if name.endswith("haproxy") or "/haproxy " in name else None
+        if role:
+            try:
+                times = proc.cpu_times()
+                seconds[proc.pid] = (role, times.user + times.system)
+            except psutil.Error:
+                pass
+    return seconds
+
+
+async def _measure(call: Callable[[], Awaitable], seconds: float) -> dict[str, float]:
+    for _ in range(30):  # warm the connection and the replica
+        await call()
+    calls, before, started = 0, _cpu_seconds(), time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal calls
+        while time.perf_counter() - started < seconds:
+            await call()
+            calls += 1
+
+    await asyncio.gather(worker(), worker())
+    elapsed, after = time.perf_counter() - started, _cpu_seconds()
+    result = {"calls_per_s": round(calls / elapsed, 1), "ms_per_call": round(1000 * elapsed / calls, 3)}
+    for pid, (role, cpu) in after.items():
+        if pid in before:
+            key = f"{role}_cpu_ms_per_call"
+            result[key] = round(result.get(key, 0.0) + 1000 * (cpu - before[pid][1]) / calls, 3)
+    return result
+
+
+async def _compare(rows: int, seconds: float) -> dict[str, list[dict[str, float]]]:
+    import aiohttp
+
+    from models.data import sample_windows
+
+    windows = sample_windows(rows, seed=3).astype(np.float32)
+    body = windows.tobytes()
+    handle = serve.get_deployment_handle("Member", app_name="call-cost")
+    results: dict[str, list[dict[str, float]]] = {"handle": [], "http": []}
+    async with aiohttp.ClientSession() as session:
+        async def over_http() -> None:
+            async with session.post(f"http://127.0.0.1:{PORT}/call-cost", data=body) as response:
+                assert len(np.frombuffer(await response.read(), dtype=np.float32)) == rows
+
+        for _ in range(2):
+            results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds))
+            results["http"].append(await _measure(over_http, seconds))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1, help="windows per call")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
+    opts = parser.parse_args()
+
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        serve.run(Member.bind(str(REPO / "model_repo")), name="call-cost", route_prefix="/call-cost")
+        results = asyncio.run(_compare(opts.rows, opts.seconds))
+        env = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+        print(json.dumps({"rows": opts.rows, "env": env, **results}, indent=1))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
