@@ -1,4 +1,8 @@
-"""One generic model deployment, bound once per (model, version) as `<model>-<version>`."""
+"""One generic model deployment, bound once per (model, version) as `<model>-<version>`.
+
+Reached through a Serve handle (`predict`), or over HTTP (`__call__`) when the member version
+is its own application with a route prefix and the router has `member_url`.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,7 +11,10 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
+from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
 from models.repository import load_runtime
 
 logger = logging.getLogger("ray.serve")
@@ -41,6 +48,17 @@ class ModelDeployment:
             return [self.runtime.predict(blocks[0])]
         outputs = self.runtime.predict(np.concatenate(blocks))
         return np.split(outputs, np.cumsum([len(b) for b in blocks[:-1]]))
+
+    async def __call__(self, request: Request) -> Response:
+        """POST: raw float32 windows in, raw float32 predictions out (`ensemble.wire`). GET: info()."""
+        if request.method == "GET":
+            return JSONResponse(self.info())
+        contract = self.runtime.manifest.input
+        try:
+            windows = decode_windows(await request.body(), contract.window, contract.n_features)
+        except WireError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        return Response(encode(await self.predict(windows)), media_type=CONTENT_TYPE)
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: its manifest and the device it really runs on."""

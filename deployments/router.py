@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any, Literal
 
+import aiohttp
 import numpy as np
 import orjson
 from fastapi import FastAPI, Header, Request
@@ -22,7 +23,7 @@ from ray.util import metrics
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ensemble.admin import admin_token, authorise
-from ensemble.config import GraphArgs, deployment_name
+from ensemble.config import GraphArgs, deployment_name, member_route
 from ensemble.batching import ModelCall
 from ensemble.fanout import CallOutcome, EnsemblePredictor, ShadowOutcome
 from ensemble.ledger import PredictionRow
@@ -30,6 +31,7 @@ from ensemble.rollout import CallStats
 from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Prediction, PredictRequest, RolloutStart
 from ensemble.traffic_control import TrafficChange
 from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
+from deployments.member_http import HttpMember
 from deployments.openapi import json_body
 
 logger = logging.getLogger("ray.serve")
@@ -153,7 +155,7 @@ class EnsembleRouter:
         self.args = GraphArgs.model_validate(args)
         # A name instead of a handle: that version is its own application (GraphArgs.member_apps),
         # which may still be deploying; /readyz says so until it answers.
-        self.members = {
+        handles = {
             model: {version: member if isinstance(member, DeploymentHandle)
                     else serve.get_deployment_handle(member, app_name=member, _check_exists=False)
                     for version, member in versions.items()}
@@ -161,6 +163,16 @@ class EnsembleRouter:
         }
         self.control = control
         router = self.args.router
+        if router.calls_over_http(os.environ):
+            # No overall timeout here: the batcher bounds every call with member_timeout_s.
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+            http = {model: {version: HttpMember(self._session, f"{router.member_url}{member_route(model, version)}")
+                            for version in versions} for model, versions in handles.items()}
+            self._predict = {m: {v: member.predict for v, member in vs.items()} for m, vs in http.items()}
+            self._info = {m: {v: member.info for v, member in vs.items()} for m, vs in http.items()}
+        else:
+            self._predict = {m: {v: handle.predict.remote for v, handle in vs.items()} for m, vs in handles.items()}
+            self._info = {m: {v: handle.info.remote for v, handle in vs.items()} for m, vs in handles.items()}
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
                              router.max_instances, router.max_body_bytes)
         # The priors and the config's traffic serve until the control plane's first answer.
@@ -173,9 +185,8 @@ class EnsembleRouter:
                         for model, spec in self.args.members.items()}
         self.metrics = MemberMetrics()
         self.predictor = EnsemblePredictor(
-            calls={model: {version: self.metrics.timed(model, version, handle.predict.remote)
-                           for version, handle in versions.items()}
-                   for model, versions in self.members.items()},
+            calls={model: {version: self.metrics.timed(model, version, call) for version, call in versions.items()}
+                   for model, versions in self._predict.items()},
             traffic=self.traffic,
             weights=lambda: self.weights,
             deadline_s=router.deadline_s,
@@ -304,8 +315,8 @@ class EnsembleRouter:
 
     @app.get("/readyz", summary="Every member version has a ready replica", responses={503: {"model": ErrorBody}})
     async def readyz(self) -> Response:
-        names = [(model, version) for model, versions in self.members.items() for version in versions]
-        pings = [self.members[model][version].info.remote() for model, version in names]
+        names = [(model, version) for model, versions in self._info.items() for version in versions]
+        pings = [self._info[model][version]() for model, version in names]
         done = await asyncio.gather(*(asyncio.wait_for(p, 2.0) for p in pings), return_exceptions=True)
         not_ready = [deployment_name(m, v) for (m, v), r in zip(names, done) if isinstance(r, BaseException)]
         if not_ready:
@@ -315,7 +326,7 @@ class EnsembleRouter:
     @app.get("/v1/members", summary="Deployed member versions, their traffic splits and manifests")
     async def describe_members(self) -> Response:
         infos = await asyncio.gather(
-            *(handle.info.remote() for versions in self.members.values() for handle in versions.values()),
+            *(info() for versions in self._info.values() for info in versions.values()),
             return_exceptions=True,
         )
         by_name = {info["deployment"]: info for info in infos if isinstance(info, dict)}

@@ -128,6 +128,11 @@ def deployment_name(model: str, version: str) -> str:
     return f"{model}-{version}"
 
 
+def member_route(model: str, version: str) -> str:
+    """HTTP route prefix of a member version's application when the router calls it over HTTP."""
+    return f"/members/{deployment_name(model, version)}"
+
+
 class RouterSpec(ReplicaSpec):
     """The HTTP ingress that fans requests out and combines the answers."""
 
@@ -150,6 +155,32 @@ class RouterSpec(ReplicaSpec):
         "meanwhile are merged into the next call. One makes the largest calls (measured best on two cores); raise "
         "it for a member version that runs several replicas.",
     )
+    member_url: str | None = Field(
+        None, pattern=r"^https?://[^/]+$",
+        description="Base URL of Serve's HTTP ingress as seen from a router replica (e.g. http://127.0.0.1:8000): "
+        "where member versions are reached over HTTP, at <member_url>/members/<model>-<version> (needs member_apps, "
+        "each member application with that route_prefix), with raw float32 bodies.",
+    )
+    member_transport: Literal["auto", "http", "handle"] = Field(
+        "auto",
+        description="How the router calls member versions: http (needs member_url), handle (Serve handles), or "
+        "auto: http when member_url is set and Serve runs its HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY), where a "
+        "call costs the router a third of a handle call's CPU; through Ray's Python proxy a handle is cheaper.",
+    )
+
+    def calls_over_http(self, environ: Mapping[str, str]) -> bool:
+        """Whether member calls go over HTTP, given the replica's environment."""
+        if self.member_transport == "auto":
+            haproxy = environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0").lower() in ("1", "true")
+            return self.member_url is not None and haproxy
+        return self.member_transport == "http"
+
+    @model_validator(mode="after")
+    def _transport(self) -> RouterSpec:
+        if self.member_transport == "http" and self.member_url is None:
+            raise ValueError("member_transport http needs member_url")
+        return self
+
     max_shadow_rows: int = Field(
         1024, ge=1, description="Mirrored rows queued or in flight per shadow version; beyond it they are dropped and counted."
     )
@@ -192,6 +223,8 @@ class GraphArgs(StrictModel):
                 if self.member_apps and vspec != MemberVersionSpec():
                     raise ValueError(f"members.{name}.versions.{version}: with member_apps, leave it {{}} and set its "
                                      f"resources in the application {deployment_name(name, version)}")
+        if self.router.member_url and not self.member_apps:
+            raise ValueError("router.member_url needs member_apps: only a member application has an HTTP route")
         return self
 
 
@@ -214,8 +247,11 @@ def single_application(config: Mapping[str, Any]) -> GraphArgs:
         return args
     member_apps = {app["name"]: MemberAppArgs.model_validate(app.get("args", {}))
                    for app in apps if app["import_path"] == MEMBER_IMPORT_PATH}
+    routes = {app["name"]: app.get("route_prefix") for app in apps}
     folded = args.model_dump(exclude_unset=True)
     folded["member_apps"] = False
+    for key in ("member_url", "member_transport"):  # one application: members are reached by handles
+        folded.get("router", {}).pop(key, None)
     for model, spec in args.members.items():
         for version in spec.versions:
             name = deployment_name(model, version)
@@ -223,6 +259,9 @@ def single_application(config: Mapping[str, Any]) -> GraphArgs:
             if member is None or (member.model, member.version) != (model, version):
                 raise ValueError(f"member version {name} needs an application {name} built by {MEMBER_IMPORT_PATH} "
                                  f"with model {model!r} and version {version!r}")
+            if args.router.member_url and routes[name] != member_route(model, version):
+                raise ValueError(f"application {name}: router.member_url needs route_prefix "
+                                 f"{member_route(model, version)}, found {routes[name]!r}")
             folded["members"][model]["versions"][version] = member.model_dump(
                 exclude_unset=True, exclude={"model_root", "model", "version"})
     if member_apps:

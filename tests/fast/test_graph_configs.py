@@ -81,3 +81,25 @@ def test_cluster_yaml_passes_ray_validation():
     validate_config(prepare_config(config))  # what `ray up` runs before anything starts
     assert {"head", "cpu_worker", "gpu_worker"} <= set(config["available_node_types"])
     assert any("serve deploy graphs/" in c for c in config["head_start_ray_commands"])
+
+
+def test_member_transport_over_http_needs_member_apps_and_their_routes():
+    config = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())
+    ensemble = next(a for a in config["applications"] if a["import_path"] == ENSEMBLE_IMPORT_PATH)
+    router = GraphArgs.model_validate(ensemble["args"]).router
+    assert router.member_url is not None
+    # auto: over HTTP only behind Serve's HAProxy ingress.
+    assert router.calls_over_http({"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    assert not router.calls_over_http({})
+    assert not router.model_copy(update={"member_transport": "handle"}).calls_over_http({"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    # Folded into one application, members have no routes: handles.
+    folded = single_application(config).router
+    assert folded.member_url is None and not folded.calls_over_http({"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    with pytest.raises(ValueError, match="needs member_apps"):
+        GraphArgs.model_validate({**ensemble["args"], "member_apps": False, "members": {"xgboost": {"versions": {"v1": {}}}}})
+    with pytest.raises(ValueError, match="needs member_url"):
+        GraphArgs.model_validate({**ensemble["args"], "router": {"member_transport": "http"}})
+    member = next(a for a in config["applications"] if a["import_path"] == MEMBER_IMPORT_PATH)
+    member["route_prefix"] = "/elsewhere"
+    with pytest.raises(ValueError, match="needs route_prefix /members/"):
+        single_application(config)

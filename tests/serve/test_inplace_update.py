@@ -2,27 +2,34 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
+import pytest
 from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
-from ensemble.config import ENSEMBLE_IMPORT_PATH, MEMBER_IMPORT_PATH
+from ensemble.config import ENSEMBLE_IMPORT_PATH, MEMBER_IMPORT_PATH, member_route
 from tests.serve.conftest import wait_until
 
 TINY = {"num_cpus": 0.05}  # the session's other apps hold most of Ray's 2 logical CPUs
 
 
-def config(model_root: str, state_url: str, versions: dict[str, list[str]]) -> dict:
-    """What a Serve YAML with member applications holds, as `serve deploy` sends it."""
+def config(model_root: str, state_url: str, versions: dict[str, list[str]], name: str = "inplace",
+           member_url: str | None = None) -> dict:
+    """What a Serve YAML with member applications holds, as `serve deploy` sends it.
+
+    With `member_url`, the router calls the members over HTTP at their route prefixes.
+    """
+    router = {**TINY, "member_url": member_url, "member_transport": "http"} if member_url else TINY
     ensemble = {
-        "name": "inplace", "route_prefix": "/inplace", "import_path": ENSEMBLE_IMPORT_PATH,
+        "name": name, "route_prefix": f"/{name}", "import_path": ENSEMBLE_IMPORT_PATH,
         "args": {"model_root": model_root, "member_apps": True, "state": {"url": state_url},
-                 "router": TINY, "members": {m: {"versions": {v: {} for v in vs}, "traffic": {vs[0]: 1.0}}
-                                              for m, vs in versions.items()}},
+                 "router": router, "members": {m: {"versions": {v: {} for v in vs}, "traffic": {vs[0]: 1.0}}
+                                               for m, vs in versions.items()}},
     }
     members = [
-        {"name": f"{m}-{v}", "route_prefix": None, "import_path": MEMBER_IMPORT_PATH,
-         "args": {"model_root": model_root, "model": m, "version": v, **TINY}}
+        {"name": f"{m}-{v}", "route_prefix": member_route(m, v) if member_url else None,
+         "import_path": MEMBER_IMPORT_PATH, "args": {"model_root": model_root, "model": m, "version": v, **TINY}}
         for m, vs in versions.items() for v in vs
     ]
     return {"applications": [ensemble, *members]}
@@ -32,8 +39,8 @@ def deploy(cfg: dict) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg))
 
 
-def pids(client: httpx.Client) -> dict[str, int]:
-    members = client.get("/inplace/v1/members").json()
+def pids(client: httpx.Client, name: str = "inplace") -> dict[str, int]:
+    members = client.get(f"/{name}/v1/members").json()
     return {f"{m}-{v}": info["pid"] for m, spec in members.items() for v, info in spec["versions"].items()
             if "pid" in info}
 
@@ -53,4 +60,27 @@ def test_adding_a_version_keeps_unchanged_members_running(client: httpx.Client, 
         assert answer["members"]["lightgbm"]["version"] == "v1" and not answer["degraded"]
     finally:
         for app in ("inplace", "xgboost-v1", "lightgbm-v1", "lightgbm-v2"):
+            serve.delete(app)
+
+
+def test_members_called_over_http_answer_and_keep_running_across_a_deploy(client: httpx.Client, serve_session):
+    root, state = str(serve_session.model_root), serve_session.state_url.replace("ensemble.db", "viahttp.db")
+    deploy(config(root, state, {"xgboost": ["v1"]}, "viahttp", serve_session.url))
+    try:
+        wait_until(lambda: client.get("/viahttp/readyz").status_code == 200, 120, "member over HTTP ready")
+        before = pids(client, "viahttp")  # info() over HTTP GET
+        window = [[100.0 + i * 0.01] * 8 for i in range(128)]
+        answer = client.post("/viahttp/v1/predict", json={"window": window}).json()
+        assert answer["members"]["xgboost"]["version"] == "v1" and not answer["degraded"]
+        # The member's own route: raw float32 windows in, a JSON 400 for a body that is not whole windows.
+        direct = client.post("/members/xgboost-v1", content=np.asarray([window], dtype=np.float32).tobytes())
+        assert direct.status_code == 200
+        assert np.frombuffer(direct.content, dtype=np.float32)[0] == pytest.approx(answer["prediction"], rel=1e-5)
+        refused = client.post("/members/xgboost-v1", content=b"\x00" * 10)
+        assert refused.status_code == 400 and "whole number" in refused.json()["detail"]
+        deploy(config(root, state, {"xgboost": ["v1", "v2"]}, "viahttp", serve_session.url))
+        wait_until(lambda: "xgboost-v2" in pids(client, "viahttp"), 120, "xgboost v2 deployed")
+        assert pids(client, "viahttp")["xgboost-v1"] == before["xgboost-v1"]
+    finally:
+        for app in ("viahttp", "xgboost-v1", "xgboost-v2"):
             serve.delete(app)
