@@ -14,26 +14,28 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
-def build(app: str, graph: str | None, members: int):
-    """The Serve application named `app` (imports only what that app needs)."""
+def build(app: str, graph: str | None, members: int, port: int) -> list[tuple[str, str | None, Any]]:
+    """The Serve applications of `app` as (name, route prefix, application), in deploy order;
+    the one served at `/` is what the load hits (imports only what that app needs)."""
     if app == "noop":
         from bench.apps.noop import build_app
-        return build_app()
+        return [("bench", "/", build_app())]
     if app == "naive":
         from bench.apps.naive import build_app
-        return build_app(graph)
+        return [("bench", "/", build_app(graph))]
     if app == "member-check":
         from bench.member_check import build_app
-        return build_app(graph)
+        return [("bench", "/", build_app(graph))]
     from bench.apps import ensemble_apps
     if app == "ensemble":
-        return ensemble_apps.ensemble_app(graph)
+        return ensemble_apps.ensemble_apps(port, graph)
     if app == "members":
-        return ensemble_apps.members_app(members, graph)
+        return [("bench", "/", ensemble_apps.members_app(members, graph))]
     if app == "deadline":
-        return ensemble_apps.deadline_app(graph=graph)
+        return [("bench", "/", ensemble_apps.deadline_app(graph=graph))]
     raise SystemExit(f"unknown app {app!r}")
 
 
@@ -64,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=opts.temp_dir)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
-        app = build(opts.app, opts.graph, opts.members)
+        apps = build(opts.app, opts.graph, opts.members, opts.port)
         started = time.monotonic()
-        serve.run(app, name="bench", route_prefix="/")
+        for name, route_prefix, app in apps:
+            serve.run(app, name=name, route_prefix=route_prefix)
         info = {"pid": os.getpid(), "app": opts.app, "deploy_s": round(time.monotonic() - started, 2),
                 "env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
                 "ray_resources": ray.cluster_resources()}

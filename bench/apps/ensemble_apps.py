@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import numpy as np
-from ray import serve
+from pathlib import Path
 
-from bench.apps.graph_args import alias_repo, build, replace_bound, yaml_args
+import numpy as np
+import yaml
+from ray import serve
+from ray.serve import Application
+
+from bench.apps.graph_args import DEFAULT_GRAPH, absolute_root, alias_repo, build, replace_bound, yaml_args
 
 # For the 2-vs-8 check: eight distinct trained model versions, each served as its own member.
 EIGHT = (("xgboost", "v1"), ("lightgbm", "v1"), ("xgboost", "v2"), ("lightgbm", "v2"),
@@ -22,9 +26,23 @@ STALLED = "stalled"
 MEMBER_SPEC = {"num_cpus": 0.15, "num_replicas": 1}
 
 
-def ensemble_app(graph: str | None = None):
-    """The graph exactly as the YAML states it; only the state file moves to a private path."""
-    return build(yaml_args(graph), "ensemble")
+def ensemble_apps(port: int, graph: str | None = None) -> list[tuple[str, str | None, Application]]:
+    """The YAML's applications as `serve run` deploys them: (name, route prefix, application),
+    member applications first. Only the state file moves to a private path, the ensemble is
+    served at `/`, and `router.member_url` points at this run's port."""
+    from ensemble.config import ENSEMBLE_IMPORT_PATH, MemberAppArgs
+    from graphs.ensemble import build_member
+
+    apps = []
+    for app in yaml.safe_load(Path(graph or DEFAULT_GRAPH).read_text())["applications"]:
+        args = {**app.get("args", {}), "model_root": absolute_root(app.get("args", {}))}
+        if app["import_path"] == ENSEMBLE_IMPORT_PATH:
+            if args.get("router", {}).get("member_url"):
+                args["router"] = {**args["router"], "member_url": f"http://127.0.0.1:{port}"}
+            ensemble = ("bench", "/", build(args, "ensemble"))
+        else:
+            apps.append((app["name"], app.get("route_prefix"), build_member(MemberAppArgs.model_validate(args))))
+    return [*apps, ensemble]
 
 
 def members_app(n: int, graph: str | None = None):

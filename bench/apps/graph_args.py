@@ -25,9 +25,14 @@ def yaml_args(graph: str | Path | None = None) -> dict[str, Any]:
 
     config = yaml.safe_load(Path(graph or DEFAULT_GRAPH).read_text())
     args = single_application(config).model_dump(mode="json", exclude_unset=True)
-    root = Path(args.get("model_root", "model_repo"))
-    args["model_root"] = str(root if root.is_absolute() else (REPO / root))
+    args["model_root"] = absolute_root(args)
     return args
+
+
+def absolute_root(args: dict[str, Any]) -> str:
+    """An application's `model_root`, relative paths taken from the repository."""
+    root = Path(args.get("model_root", "model_repo"))
+    return str(root if root.is_absolute() else (REPO / root))
 
 
 def state_url(tag: str) -> str:

@@ -18,7 +18,8 @@ GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "ensemble.yaml"
 def graph(tiny_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """graphs/ensemble.yaml pointed at the tiny repository; state and aliases under tmp_path."""
     config = yaml.safe_load(GRAPH.read_text())
-    config["applications"][0]["args"]["model_root"] = str(tiny_repo)
+    for app in config["applications"]:
+        app["args"]["model_root"] = str(tiny_repo)
     path = tmp_path / "graph.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     monkeypatch.setenv("BENCH_STATE_DIR", str(tmp_path / "state"))
@@ -37,7 +38,7 @@ def test_naive_fanout_binds_the_builders_member_deployments(graph: str) -> None:
     app = naive.build_app(graph)
     members = app._bound_deployment.init_args[0]
     assert list(members) == ["xgboost-v1", "lightgbm-v1", "patchtst-v1", "lstm-v1", "nhits-v1"]
-    project = bound_deployments(ensemble_apps.ensemble_app(graph))
+    project = {name: app for name, _, app in ensemble_apps.ensemble_apps(8000, graph)}
     assert members["lstm-v1"]._bound_deployment == project["lstm-v1"]._bound_deployment
 
 
@@ -60,3 +61,11 @@ def test_the_in_process_peers_serve_the_graphs_members() -> None:
     from bench.apps import MEMBERS
 
     assert [f"{model}-{version}" for model, version in MEMBERS] == naive.first_versions(yaml_args(GRAPH))
+
+
+def test_ensemble_runs_as_the_yamls_applications_with_member_routes(graph: str) -> None:
+    apps = ensemble_apps.ensemble_apps(8123, graph)
+    assert [name for name, _, _ in apps] == ["xgboost-v1", "lightgbm-v1", "patchtst-v1", "lstm-v1", "nhits-v1", "bench"]
+    assert apps[0][1] == "/members/xgboost-v1" and apps[-1][1] == "/"
+    router_args = apps[-1][2]._bound_deployment.init_args[0]["router"]
+    assert router_args["member_url"] == "http://127.0.0.1:8123"
