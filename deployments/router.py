@@ -23,8 +23,8 @@ from ray.util import metrics
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ensemble.admin import admin_token, authorise
-from ensemble.config import GraphArgs, deployment_name, member_route
 from ensemble.batching import ModelCall
+from ensemble.config import GraphArgs, deployment_name, member_route
 from ensemble.fanout import CallOutcome, EnsemblePredictor, ShadowOutcome
 from ensemble.ledger import PredictionRow
 from ensemble.rollout import CallStats
@@ -55,8 +55,9 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 class PredictFastPath:
     """Answers POST /v1/predict ahead of FastAPI's routing, dependency and exception layers.
 
-    Measured, those layers cost the router about as much CPU as the fan-out itself; the hot
-    route reads bytes and writes bytes anyway, so it skips them. Every other route keeps them.
+    Those layers (routing, dependency solving, the exit stack) run per request for a route that
+    reads bytes and writes bytes anyway; skipping them took the router from 2.9 to 2.5 CPU ms per
+    request under load. Every other route keeps them.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -94,7 +95,7 @@ class MemberMetrics:
 
     Counters are added once per log flush from the router's call statistics and latency is
     observed once per model call (which carries many requests' rows under load): a metric
-    update per request and member was a tenth of the router's CPU.
+    update per request and member cost the router about 7% of its CPU.
     """
 
     def __init__(self) -> None:
