@@ -56,8 +56,8 @@ class PredictFastPath:
     """Answers POST /v1/predict ahead of FastAPI's routing, dependency and exception layers.
 
     Those layers (routing, dependency solving, the exit stack) run per request for a route that
-    reads bytes and writes bytes anyway; skipping them took the router from 2.9 to 2.5 CPU ms per
-    request under load. Every other route keeps them.
+    reads bytes and writes bytes anyway; skipping them, with MemberMetrics' batching, took the
+    router from 2.9 to 2.5 CPU ms per request under load. Every other route keeps them.
     """
 
     def __init__(self, app: ASGIApp) -> None:
