@@ -172,6 +172,7 @@ class EnsembleRouter:
             self._predict = {m: {v: member.predict for v, member in vs.items()} for m, vs in http.items()}
             self._info = {m: {v: member.info for v, member in vs.items()} for m, vs in http.items()}
         else:
+            self._session = None
             self._predict = {m: {v: handle.predict.remote for v, handle in vs.items()} for m, vs in handles.items()}
             self._info = {m: {v: handle.info.remote for v, handle in vs.items()} for m, vs in handles.items()}
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
@@ -207,6 +208,12 @@ class EnsembleRouter:
         self._calls = CallStats()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
+
+    async def __del__(self) -> None:
+        # Serve awaits this when the replica stops: close the member connections cleanly.
+        session = getattr(self, "_session", None)  # absent if __init__ failed early
+        if session is not None:
+            await session.close()
 
     async def _follow_control(self) -> None:
         """Long-poll the control plane so a change reaches this replica as soon as it happens."""
