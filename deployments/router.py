@@ -154,25 +154,25 @@ class EnsembleRouter:
     def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle | str]],
                  contract: dict[str, int], control: DeploymentHandle) -> None:
         self.args = GraphArgs.model_validate(args)
-        # A name instead of a handle: that version is its own application (GraphArgs.member_apps),
-        # which may still be deploying; /readyz says so until it answers.
-        handles = {
-            model: {version: member if isinstance(member, DeploymentHandle)
-                    else serve.get_deployment_handle(member, app_name=member, _check_exists=False)
-                    for version, member in versions.items()}
-            for model, versions in members.items()
-        }
         self.control = control
         router = self.args.router
         if router.calls_over_http(os.environ):
             # No overall timeout here: the batcher bounds every call with member_timeout_s.
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
             http = {model: {version: HttpMember(self._session, f"{router.member_url}{member_route(model, version)}")
-                            for version in versions} for model, versions in handles.items()}
+                            for version in versions} for model, versions in members.items()}
             self._predict = {m: {v: member.predict for v, member in vs.items()} for m, vs in http.items()}
             self._info = {m: {v: member.info for v, member in vs.items()} for m, vs in http.items()}
         else:
             self._session = None
+            # A name instead of a handle: that version is its own application (GraphArgs.member_apps),
+            # which may still be deploying; /readyz says so until it answers.
+            handles = {
+                model: {version: member if isinstance(member, DeploymentHandle)
+                        else serve.get_deployment_handle(member, app_name=member, _check_exists=False)
+                        for version, member in versions.items()}
+                for model, versions in members.items()
+            }
             self._predict = {m: {v: handle.predict.remote for v, handle in vs.items()} for m, vs in handles.items()}
             self._info = {m: {v: handle.info.remote for v, handle in vs.items()} for m, vs in handles.items()}
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
