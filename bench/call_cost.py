@@ -2,11 +2,12 @@
 
 `python -m bench.call_cost [--rows N] [--seconds S]`, run with the ingress settings to compare
 (`make serve`'s are `RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`). One local
-Ray, one replica holding xgboost v1 (0.2 CPU, one thread, no access log, as the builder binds
-members), reached two ways, in turn, twice each, with two calls in flight for S seconds: its
-`predict` method through a `DeploymentHandle` (pickled numpy over Serve's gRPC), and its HTTP
-route through Serve's ingress (raw float32 bytes, aiohttp, keep-alive). CPU seconds of the
-caller, the replica and HAProxy are divided by the calls answered.
+Ray, one replica of xgboost v1 as the project deploys a member application
+(`graphs.ensemble:build_member`, 0.2 CPU), reached two ways, in turn, twice each, with two calls
+in flight for S seconds: its `predict` method through a `DeploymentHandle` (pickled numpy over
+Serve's gRPC), and its `/members/xgboost-v1` route through Serve's ingress (`ensemble.wire`
+bodies, aiohttp, keep-alive), as the router does. CPU seconds of the caller, the replica and
+HAProxy are divided by the calls answered.
 """
 from __future__ import annotations
 
@@ -21,26 +22,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import Response
+
+from ensemble.config import MemberAppArgs, deployment_name, member_route
+from ensemble.wire import CONTENT_TYPE, decode_predictions, encode
+from graphs.ensemble import build_member
 
 REPO = Path(__file__).resolve().parents[1]
 PORT = 8311
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.2, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}},
-                  logging_config={"enable_access_log": False})
-class Member:
-    def __init__(self, model_root: str) -> None:
-        from models.repository import load_runtime
-        self.runtime = load_runtime(model_root, "xgboost", "v1", num_threads=1)
-
-    async def predict(self, windows: np.ndarray) -> np.ndarray:
-        return self.runtime.predict(windows)
-
-    async def __call__(self, request: Request) -> Response:
-        windows = np.frombuffer(await request.body(), dtype=np.float32).reshape(-1, 128, 8)
-        return Response(self.runtime.predict(windows).astype(np.float32).tobytes())
+MODEL, VERSION = "xgboost", "v1"
 
 
 def _cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -85,13 +74,15 @@ async def _compare(rows: int, seconds: float) -> dict[str, list[dict[str, float]
     from models.data import sample_windows
 
     windows = sample_windows(rows, seed=3).astype(np.float32)
-    body = windows.tobytes()
-    handle = serve.get_deployment_handle("Member", app_name="call-cost")
+    body = encode(windows)
+    name = deployment_name(MODEL, VERSION)
+    handle = serve.get_deployment_handle(name, app_name=name)
     results: dict[str, list[dict[str, float]]] = {"handle": [], "http": []}
     async with aiohttp.ClientSession() as session:
         async def over_http() -> None:
-            async with session.post(f"http://127.0.0.1:{PORT}/call-cost", data=body) as response:
-                assert len(np.frombuffer(await response.read(), dtype=np.float32)) == rows
+            url = f"http://127.0.0.1:{PORT}{member_route(MODEL, VERSION)}"
+            async with session.post(url, data=body, headers={"content-type": CONTENT_TYPE}) as response:
+                assert len(decode_predictions(await response.read(), rows)) == rows
 
         for _ in range(2):
             results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds))
@@ -110,7 +101,9 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        serve.run(Member.bind(str(REPO / "model_repo")), name="call-cost", route_prefix="/call-cost")
+        member = build_member(MemberAppArgs(model_root=str(REPO / "model_repo"), model=MODEL, version=VERSION,
+                                            num_cpus=0.2))
+        serve.run(member, name=deployment_name(MODEL, VERSION), route_prefix=member_route(MODEL, VERSION))
         results = asyncio.run(_compare(opts.rows, opts.seconds))
         env = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
         print(json.dumps({"rows": opts.rows, "env": env, **results}, indent=1))
