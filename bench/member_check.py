@@ -1,10 +1,10 @@
 """Per-member check: one member's batched throughput inside Serve vs its runtime called in-process.
 
 Same batch (64 windows), same framework threads (the builder's: one per whole CPU, at least
-one), the very member deployments the project's builder binds for the YAML. In-process:
+one), the YAML's member applications as `make serve` deploys them. In-process:
 `runtime.predict(batch)` in a loop, measured before Ray starts so nothing else competes. In
-Serve: the driver keeps `IN_FLIGHT` handle calls of that batch outstanding against the
-member's deployment and counts rows answered per second.
+Serve: the driver keeps calls of that batch outstanding against one member deployment and
+counts rows answered per second, along each path in PATHS.
 """
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from bench.apps.graph_args import bound_deployments, build, yaml_args
-from ensemble.config import GraphArgs, deployment_name
+from bench.apps.graph_args import yaml_args
+from ensemble.config import GraphArgs, deployment_name, member_route
 
 BATCH = 64
-IN_FLIGHT = 2  # so the replica always has the next call queued: its capacity, not the round trip
+# (label, transport, calls kept outstanding). Two: the replica always has the next call queued,
+# so this is its capacity, not the round trip. Eight: calls queue while the model runs and the
+# member's `serve.batch` merges them, as when several router replicas share a member.
+PATHS = (("handle", "handle", 2), ("HTTP", "http", 2), ("HTTP, 8 in flight", "http", 8))
 
 
 def _members(graph: str | None):
@@ -56,26 +59,8 @@ def measure_in_process(graph: str | None, seconds: float) -> dict[str, dict[str,
     return results
 
 
-def build_app(graph: str | None = None):
-    """The builder's member deployments, bound to a trivial ingress so serve.run deploys them alone."""
-    from ray import serve
-
-    bound = bound_deployments(build(yaml_args(graph), "member-check"))
-    names = [deployment_name(model, version) for _, model, version, _ in _members(graph)]
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0.05})
-    class Members:
-        def __init__(self, members: dict) -> None:
-            self.members = members
-
-        async def __call__(self, request) -> dict:
-            return {"members": list(self.members)}
-
-    return Members.bind({name: bound[name] for name in names})
-
-
-async def _drive(call: Callable[[], Awaitable], seconds: float) -> tuple[int, float]:
-    """Keep IN_FLIGHT calls outstanding for `seconds`; (calls answered, elapsed)."""
+async def _drive(call: Callable[[], Awaitable], seconds: float, in_flight: int) -> tuple[int, float]:
+    """Keep `in_flight` calls outstanding for `seconds`; (calls answered, elapsed)."""
     calls = 0
     started = time.perf_counter()
 
@@ -85,24 +70,32 @@ async def _drive(call: Callable[[], Awaitable], seconds: float) -> tuple[int, fl
             await call()
             calls += 1
 
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
     return calls, time.perf_counter() - started
 
 
-def measure_in_serve(seconds: float, graph: str | None = None, app_name: str = "bench") -> dict[str, dict[str, float]]:
-    """Rows/s of each member deployment, driven from this (the driver's) event loop."""
+def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Path label -> member -> rows/s, driven from this (the driver's) event loop. HTTP calls go
+    through Serve's ingress at `port` with the router's own client (`HttpMember`)."""
+    import aiohttp
     from ray import serve
+
+    from deployments.member_http import HttpMember
 
     batch = _batch()
 
-    async def measure() -> dict[str, dict[str, float]]:
+    async def measure() -> dict[str, dict[str, dict[str, float]]]:
         # Handles are made inside the loop: with RAY_SERVE_THROUGHPUT_OPTIMIZED their router runs on it.
-        results = {}
-        for _, model, version, _ in _members(graph):
-            name = deployment_name(model, version)
-            handle = serve.get_deployment_handle(name, app_name=app_name)
-            await handle.predict.remote(batch)
-            results[name] = _rate(*await _drive(lambda: handle.predict.remote(batch), seconds))
+        results: dict[str, dict[str, dict[str, float]]] = {label: {} for label, _, _ in PATHS}
+        async with aiohttp.ClientSession() as session:
+            for _, model, version, _ in _members(graph):
+                name = deployment_name(model, version)
+                handle = serve.get_deployment_handle(name, app_name=name)
+                member = HttpMember(session, f"http://127.0.0.1:{port}{member_route(model, version)}")
+                calls = {"handle": lambda: handle.predict.remote(batch), "http": lambda: member.predict(batch)}
+                for label, transport, in_flight in PATHS:
+                    await calls[transport]()
+                    results[label][name] = _rate(*await _drive(calls[transport], seconds, in_flight))
         return results
 
     return asyncio.run(measure())

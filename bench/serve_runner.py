@@ -26,16 +26,16 @@ def build(app: str, graph: str | None, members: int, port: int) -> list[tuple[st
     if app == "naive":
         from bench.apps.naive import build_app
         return [("bench", "/", build_app(graph))]
-    if app == "member-check":
-        from bench.member_check import build_app
-        return [("bench", "/", build_app(graph))]
     from bench.apps import ensemble_apps
+    if app == "member-check":
+        from bench.apps.graph_args import yaml_args
+        return ensemble_apps.member_applications(yaml_args(graph))
     if app == "ensemble":
         return ensemble_apps.ensemble_apps(port, graph)
     if app == "members":
-        return [("bench", "/", ensemble_apps.members_app(members, graph))]
+        return ensemble_apps.members_apps(members, port, graph)
     if app == "deadline":
-        return [("bench", "/", ensemble_apps.deadline_app(graph=graph))]
+        return ensemble_apps.deadline_apps(port, graph=graph)
     raise SystemExit(f"unknown app {app!r}")
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                 "ray_resources": ray.cluster_resources()}
         if opts.app == "member-check":
             from bench.member_check import measure_in_serve
-            info["member_check"] = {"in_process": inproc, "serve": measure_in_serve(opts.seconds, opts.graph)}
+            info["member_check"] = {"in_process": inproc, "serve": measure_in_serve(opts.seconds, opts.port, opts.graph)}
         Path(opts.ready_file).write_text(json.dumps(info))
         while not stop.wait(0.5):
             pass

@@ -2,8 +2,8 @@
 
 Every Serve app of the harness starts from `graphs.ensemble:build_app` on a `GraphArgs`, so
 member deployments carry exactly the builder's options; the harness only reads bound members
-out of the built application or swaps one of them, never re-derives what the builder does.
-Only Ray's own `Application` internals are relied on (`_bound_deployment`, `_init_args`).
+out of the built application, never re-derives what the builder does. Only Ray's own
+`Application` internals are relied on (`_bound_deployment`).
 """
 from __future__ import annotations
 
@@ -98,14 +98,3 @@ def bound_deployments(app) -> dict[str, Any]:
     _walk((deployment.init_args, deployment.init_kwargs), visit)
     return found
 
-
-def replace_bound(app, name: str, replacement):
-    """`app` with the deployment bound as `name` (anywhere in the ingress's arguments) replaced."""
-    from ray.serve import Application
-
-    def visit(child):
-        return replacement if child._bound_deployment.name == name else child
-
-    deployment = app._bound_deployment
-    args, kwargs = _walk((deployment.init_args, deployment.init_kwargs), visit)
-    return Application(deployment.options(_init_args=args, _init_kwargs=kwargs))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bench.apps import ensemble_apps, naive
-from bench.apps.graph_args import alias_repo, bound_deployments, yaml_args
+from bench.apps.graph_args import alias_repo, yaml_args
 from models.repository import read_manifest
 
 GRAPH = Path(__file__).resolve().parents[2] / "graphs" / "ensemble.yaml"
@@ -42,19 +42,20 @@ def test_naive_fanout_binds_the_builders_member_deployments(graph: str) -> None:
     assert members["lstm-v1"]._bound_deployment == project["lstm-v1"]._bound_deployment
 
 
-def test_deadline_app_swaps_in_one_stalled_member(graph: str) -> None:
-    app = ensemble_apps.deadline_app(graph=graph)
-    bound = bound_deployments(app)
-    assert bound["stalled-v1"]._bound_deployment.func_or_class is ensemble_apps.StalledMember.func_or_class
-    assert {"xgboost-v1", "nhits-v1"} <= set(bound)
+def test_deadline_apps_swap_in_one_stalled_member(graph: str) -> None:
+    apps = {name: (route, app) for name, route, app in ensemble_apps.deadline_apps(8123, graph=graph)}
+    route, stalled = apps["stalled-v1"]
+    assert stalled._bound_deployment.func_or_class is ensemble_apps.StalledMember.func_or_class
+    assert route == "/members/stalled-v1" and {"xgboost-v1", "nhits-v1", "bench"} <= set(apps)
+    router_args = apps["bench"][1]._bound_deployment.init_args[0]["router"]
+    assert router_args["deadline_s"] == 0.025 and router_args["member_url"] == "http://127.0.0.1:8123"
     assert yaml_args(graph)["router"]["deadline_s"] != 0.025  # the YAML itself is untouched
 
 
 @pytest.mark.parametrize("n", [2, 8])
-def test_members_app_serves_n_distinct_versions(graph: str, n: int) -> None:
-    bound = bound_deployments(ensemble_apps.members_app(n, graph))
-    members = [name for name in bound if name.endswith("-v1") and "_" in name]
-    assert len(members) == n
+def test_members_apps_serve_n_distinct_versions(graph: str, n: int) -> None:
+    names = [name for name, _, _ in ensemble_apps.members_apps(n, 8123, graph)]
+    assert len(names) == n + 1 and len(set(names)) == n + 1 and names[-1] == "bench"
 
 
 def test_the_in_process_peers_serve_the_graphs_members() -> None:
