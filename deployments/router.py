@@ -68,6 +68,7 @@ class PredictFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or path != "/v1/predict":
             await self.app(scope, receive, send)
             return
+        arrived = time.perf_counter()
         chunks, more = [], True
         while more:
             message = await receive()
@@ -76,7 +77,7 @@ class PredictFastPath:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         router: EnsembleRouter = serve.get_replica_context().servable_object
-        status, content = await router.answer_predict(b"".join(chunks))
+        status, content = await router.answer_predict(b"".join(chunks), arrived)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
@@ -277,16 +278,18 @@ class EnsembleRouter:
     )
     async def predict(self, request: Request) -> Response:
         # POST /v1/predict is answered by PredictFastPath before routing; this route documents it.
-        status, content = await self.answer_predict(await request.body())
+        arrived = time.perf_counter()
+        status, content = await self.answer_predict(await request.body(), arrived)
         return Response(content, status, media_type="application/json")
 
-    async def answer_predict(self, body: bytes) -> tuple[int, bytes]:
-        """Status and JSON body answering one POST /v1/predict body."""
+    async def answer_predict(self, body: bytes, arrived: float) -> tuple[int, bytes]:
+        """Status and JSON body answering one POST /v1/predict body that arrived at `arrived`
+        (`time.perf_counter()`): the router's deadline counts from then."""
         try:
             parsed = parse_predict(body, self.limits)
         except RequestError as exc:
             return exc.status, orjson.dumps({"detail": exc.message})
-        result = await self.predictor.predict(parsed.windows, parsed.keys, parsed.request_ids)
+        result = await self.predictor.predict(parsed.windows, parsed.keys, parsed.request_ids, arrived)
         unanswered = int(np.isnan(result.combined).sum())
         answers = result.answers(parsed.request_ids)
         self.metrics.count(result.outcomes, sum(a["degraded"] for a in answers))

@@ -139,7 +139,8 @@ class RouterSpec(ReplicaSpec):
     num_cpus: float = Field(0.5, gt=0, description="CPUs each router replica asks for.")
     max_ongoing_requests: int = Field(256, ge=1, description="Requests a router replica accepts at once.")
     deadline_s: float = Field(
-        1.0, gt=0, le=60, description="Seconds a request waits for members; later members are left out (degraded)."
+        1.0, gt=0, le=60, description="Seconds from a request's arrival at the router until it is answered with the members "
+        "that have answered; later members are left out (degraded)."
     )
     member_timeout_s: float = Field(
         5.0, gt=0, le=600,

@@ -130,7 +130,9 @@ class EnsemblePredictor:
         self._shadows = {model: dict(traffic[model].get("shadow", {})) for model in self.models}
 
     async def predict(self, windows: np.ndarray, keys: Sequence[str | None],
-                      request_ids: Sequence[str] = ()) -> EnsembleResult:
+                      request_ids: Sequence[str] = (), arrived: float | None = None) -> EnsembleResult:
+        """`arrived`: the request's `time.perf_counter()` on arrival, where its deadline starts
+        (reading and validating the body count against it); default now."""
         started = time.perf_counter()
         batch = len(windows)
         versions = [self._splitters[model].choose(keys) for model in self.models]
@@ -150,7 +152,7 @@ class EnsemblePredictor:
         done_at: dict[int, float] = {}
         for *_, future in pending:
             future.add_done_callback(lambda f: done_at.setdefault(id(f), time.perf_counter()))
-        await self._wait([future for *_, future in pending])
+        await self._wait([future for *_, future in pending], (started if arrived is None else arrived) + self._deadline_s)
         waited = time.perf_counter()
 
         predictions = np.full((len(self.models), batch), np.nan)
@@ -172,15 +174,15 @@ class EnsemblePredictor:
         combined, applied = weighted_mean(predictions, weights)
         return EnsembleResult(self.models, versions, predictions, applied, combined, outcomes)
 
-    async def _wait(self, futures: list[asyncio.Future[np.ndarray]]) -> None:
-        """Until the deadline; past it only while no member has answered, for the first that does.
+    async def _wait(self, futures: list[asyncio.Future[np.ndarray]], deadline: float) -> None:
+        """Until `deadline` (perf_counter); past it only while no member has answered, for the first that does.
 
         A late answer beats none (Clipper): under load every member may miss a tight deadline, and
         one answer then still makes a degraded prediction rather than a 503. What is still running
         when this returns is cancelled, so queued rows nobody waits for are never sent.
         """
-        _, running = await asyncio.wait(futures, timeout=self._deadline_s)
-        late_until = time.perf_counter() + self._member_timeout_s - self._deadline_s
+        _, running = await asyncio.wait(futures, timeout=max(deadline - time.perf_counter(), 0.0))
+        late_until = deadline + self._member_timeout_s - self._deadline_s
         while running and not any(_answered(f) for f in futures):
             left = late_until - time.perf_counter()
             if left <= 0:

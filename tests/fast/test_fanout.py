@@ -54,6 +54,15 @@ def test_failed_and_hung_members_degrade_the_answer_within_the_deadline():
     assert {o.model: o.status for o in result.outcomes} == {"good": "ok", "bad": "error", "slow": "timeout"}
 
 
+def test_the_deadline_counts_from_the_requests_arrival():
+    # A request that arrived 0.3 s ago (body read, validated) has only the rest of its 0.4 s.
+    ensemble = predictor({"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.25)}}, deadline_s=0.4)
+    fresh = asyncio.run(ensemble.predict(WINDOWS, [None] * 3))
+    late = asyncio.run(ensemble.predict(WINDOWS, [None] * 3, arrived=time.perf_counter() - 0.3))
+    assert {o.model: o.status for o in fresh.outcomes} == {"good": "ok", "slow": "ok"}
+    assert {o.model: o.status for o in late.outcomes} == {"good": "ok", "slow": "timeout"}
+
+
 def test_no_member_answers_gives_nan():
     result = asyncio.run(predictor({"bad": {"v1": broken}}).predict(WINDOWS, [None] * 3))
     assert np.isnan(result.combined).all()
