@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,8 +22,9 @@ import numpy as np
 import psutil
 from ray import serve
 
+from bench.member_check import drive
+from deployments.member_http import HttpMember
 from ensemble.config import MemberAppArgs, deployment_name, member_route
-from ensemble.wire import CONTENT_TYPE, decode_predictions, encode
 from graphs.ensemble import build_member
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,16 +50,9 @@ def _cpu_seconds() -> dict[int, tuple[str, float]]:
 async def _measure(call: Callable[[], Awaitable], seconds: float) -> dict[str, float]:
     for _ in range(30):  # warm the connection and the replica
         await call()
-    calls, before, started = 0, _cpu_seconds(), time.perf_counter()
-
-    async def worker() -> None:
-        nonlocal calls
-        while time.perf_counter() - started < seconds:
-            await call()
-            calls += 1
-
-    await asyncio.gather(worker(), worker())
-    elapsed, after = time.perf_counter() - started, _cpu_seconds()
+    before = _cpu_seconds()
+    calls, elapsed = await drive(call, seconds, in_flight=2)
+    after = _cpu_seconds()
     result = {"calls_per_s": round(calls / elapsed, 1), "ms_per_call": round(1000 * elapsed / calls, 3)}
     for pid, (role, cpu) in after.items():
         if pid in before:
@@ -74,19 +67,14 @@ async def _compare(rows: int, seconds: float) -> dict[str, list[dict[str, float]
     from models.data import sample_windows
 
     windows = sample_windows(rows, seed=3).astype(np.float32)
-    body = encode(windows)
     name = deployment_name(MODEL, VERSION)
     handle = serve.get_deployment_handle(name, app_name=name)
     results: dict[str, list[dict[str, float]]] = {"handle": [], "http": []}
     async with aiohttp.ClientSession() as session:
-        async def over_http() -> None:
-            url = f"http://127.0.0.1:{PORT}{member_route(MODEL, VERSION)}"
-            async with session.post(url, data=body, headers={"content-type": CONTENT_TYPE}) as response:
-                assert len(decode_predictions(await response.read(), rows)) == rows
-
+        member = HttpMember(session, f"http://127.0.0.1:{PORT}{member_route(MODEL, VERSION)}")  # the router's client
         for _ in range(2):
             results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds))
-            results["http"].append(await _measure(over_http, seconds))
+            results["http"].append(await _measure(lambda: member.predict(windows), seconds))
     return results
 
 

@@ -59,7 +59,7 @@ def measure_in_process(graph: str | None, seconds: float) -> dict[str, dict[str,
     return results
 
 
-async def _drive(call: Callable[[], Awaitable], seconds: float, in_flight: int) -> tuple[int, float]:
+async def drive(call: Callable[[], Awaitable], seconds: float, in_flight: int) -> tuple[int, float]:
     """Keep `in_flight` calls outstanding for `seconds`; (calls answered, elapsed)."""
     calls = 0
     started = time.perf_counter()
@@ -95,7 +95,7 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
                 calls = {"handle": lambda: handle.predict.remote(batch), "http": lambda: member.predict(batch)}
                 for label, transport, in_flight in PATHS:
                     await calls[transport]()
-                    results[label][name] = _rate(*await _drive(calls[transport], seconds, in_flight))
+                    results[label][name] = _rate(*await drive(calls[transport], seconds, in_flight))
         return results
 
     return asyncio.run(measure())

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bench.apps.graph_args import alias_repo, build, yaml_args
-from ensemble.wire import CONTENT_TYPE, encode
+from ensemble.wire import CONTENT_TYPE, decode_windows, encode
 
 # For the 2-vs-8 check: eight distinct trained model versions, each served as its own member.
 EIGHT = (("xgboost", "v1"), ("lightgbm", "v1"), ("xgboost", "v2"), ("lightgbm", "v2"),
@@ -76,9 +76,9 @@ def members_apps(n: int, port: int, graph: str | None = None) -> Apps:
 class StalledMember:
     """A member version that always answers, `delay_s` late, over a handle or its HTTP route."""
 
-    def __init__(self, delay_s: float, window_bytes: int) -> None:
+    def __init__(self, delay_s: float, window: int, n_features: int) -> None:
         self.delay_s = delay_s
-        self.window_bytes = window_bytes
+        self.shape = (window, n_features)
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
         await asyncio.sleep(self.delay_s)
@@ -90,8 +90,8 @@ class StalledMember:
     async def __call__(self, request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse(self.info())
-        rows = len(await request.body()) // self.window_bytes
-        return Response((await self.predict(np.empty(rows))).tobytes(), media_type=CONTENT_TYPE)
+        windows = decode_windows(await request.body(), *self.shape)
+        return Response(encode(await self.predict(windows)), media_type=CONTENT_TYPE)
 
 
 def deadline_apps(port: int, deadline_s: float = 0.025, delay_s: float = 0.2, graph: str | None = None) -> Apps:
@@ -105,7 +105,7 @@ def deadline_apps(port: int, deadline_s: float = 0.025, delay_s: float = 0.2, gr
     router = {**base.get("router", {}), "deadline_s": deadline_s}
     apps = _as_member_apps({**base, "model_root": str(root), "members": members, "router": router}, port, "deadline")
     contract = read_manifest(root, STALLED, "v1").input
-    window_bytes = len(encode(np.zeros((contract.window, contract.n_features))))
     stalled = deployment_name(STALLED, "v1")
-    return [(name, route, StalledMember.options(name=stalled).bind(delay_s, window_bytes) if name == stalled else app)
+    replacement = StalledMember.options(name=stalled).bind(delay_s, contract.window, contract.n_features)
+    return [(name, route, replacement if name == stalled else app)
             for name, route, app in apps]
