@@ -18,9 +18,10 @@ def weighted_mean(predictions: np.ndarray, weights: np.ndarray) -> tuple[np.ndar
     Answering members whose weights are all zero share equally.
     """
     answered = ~np.isnan(predictions)
-    applied = np.where(answered, np.clip(weights, 0.0, None), 0.0)
+    counts = answered.sum(axis=0)
+    applied = np.where(answered, np.maximum(weights, 0.0), 0.0)
     totals = applied.sum(axis=0)
-    equal = answered / np.maximum(answered.sum(axis=0), 1)
-    applied = np.where(totals > 0, applied / np.where(totals > 0, totals, 1.0), equal)
-    combined = np.where(answered.any(axis=0), (applied * np.nan_to_num(predictions)).sum(axis=0), np.nan)
+    positive = totals > 0
+    applied = np.where(positive, applied / np.where(positive, totals, 1.0), answered / np.maximum(counts, 1))
+    combined = np.where(counts > 0, (applied * np.where(answered, predictions, 0.0)).sum(axis=0), np.nan)
     return combined, applied

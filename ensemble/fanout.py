@@ -136,60 +136,46 @@ class EnsemblePredictor:
         started = time.perf_counter()
         batch = len(windows)
         versions = [self._splitters[model].choose(keys) for model in self.models]
-        pending: list[tuple[int, str, np.ndarray, asyncio.Future[np.ndarray]]] = []
+        parts: list[tuple[int, str, np.ndarray | slice]] = []
+        blocks: list[np.ndarray] = []
         for m, model in enumerate(self.models):
-            for version in dict.fromkeys(versions[m]):
-                index = (
-                    np.arange(batch)
-                    if len(set(versions[m])) == 1
-                    else np.array([b for b, v in enumerate(versions[m]) if v == version])
-                )
-                rows = windows if len(index) == batch else windows[index]
-                pending.append((m, version, index, self._batchers[(model, version)].submit(rows)))
+            chosen = dict.fromkeys(versions[m])
+            for version in chosen:
+                if len(chosen) == 1:
+                    parts.append((m, version, slice(None)))
+                    blocks.append(windows)
+                else:
+                    index = np.array([b for b, v in enumerate(versions[m]) if v == version])
+                    parts.append((m, version, index))
+                    blocks.append(windows[index])
             if self._shadows[model] and request_ids:
                 self._mirror(model, versions[m], windows, request_ids)
 
-        done_at: dict[int, float] = {}
-        for *_, future in pending:
-            future.add_done_callback(lambda f: done_at.setdefault(id(f), time.perf_counter()))
-        await self._wait([future for *_, future in pending], (started if arrived is None else arrived) + self._deadline_s)
+        loop = asyncio.get_running_loop()
+        fanout = _Fanout(parts, np.full((len(self.models), batch), np.nan), loop.create_future())
+        for part, ((m, version, _), rows) in enumerate(zip(parts, blocks)):
+            self._batchers[(self.models[m], version)].enqueue(rows, fanout, part)
+        deadline = (started if arrived is None else arrived) + self._deadline_s
+        fanout.timer = loop.call_later(max(deadline - started, 0.0), fanout.expire,
+                                       self._member_timeout_s - self._deadline_s)
+        try:
+            await fanout.finished
+        finally:
+            fanout.timer.cancel()
+            fanout.finished.cancel()  # no-op once finished; else its queued rows are not sent
         waited = time.perf_counter()
 
-        predictions = np.full((len(self.models), batch), np.nan)
         weight_of = self._weights()
         weights = np.zeros((len(self.models), batch))
         outcomes = []
-        for m, version, index, future in pending:
+        for part, (m, version, index) in enumerate(parts):
             model = self.models[m]
             weights[m, index] = weight_of.get(deployment_name(model, version), 0.0)
-            if future.cancelled():
-                status = "timeout"
-            elif future.exception() is not None or not np.isfinite(future.result()).all():
-                status = "error"
-            else:
-                predictions[m, index] = future.result()
-                status = "ok"
-            latency = done_at.get(id(future), waited) - started
-            outcomes.append(CallOutcome(model, version, len(index), latency, status))
-        combined, applied = weighted_mean(predictions, weights)
-        return EnsembleResult(self.models, versions, predictions, applied, combined, outcomes)
-
-    async def _wait(self, futures: list[asyncio.Future[np.ndarray]], deadline: float) -> None:
-        """Until `deadline` (perf_counter); past it only while no member has answered, for the first that does.
-
-        A late answer beats none (Clipper): under load every member may miss a tight deadline, and
-        one answer then still makes a degraded prediction rather than a 503. What is still running
-        when this returns is cancelled, so queued rows nobody waits for are never sent.
-        """
-        _, running = await asyncio.wait(futures, timeout=max(deadline - time.perf_counter(), 0.0))
-        late_until = deadline + self._member_timeout_s - self._deadline_s
-        while running and not any(_answered(f) for f in futures):
-            left = late_until - time.perf_counter()
-            if left <= 0:
-                break
-            _, running = await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        for future in running:
-            future.cancel()
+            rows = batch if isinstance(index, slice) else len(index)
+            latency = (fanout.done_at[part] or waited) - started
+            outcomes.append(CallOutcome(model, version, rows, latency, fanout.status[part]))
+        combined, applied = weighted_mean(fanout.predictions, weights)
+        return EnsembleResult(self.models, versions, fanout.predictions, applied, combined, outcomes)
 
     def _mirror(self, model: str, chosen: list[str], windows: np.ndarray, request_ids: Sequence[str]) -> None:
         """Send each shadow version its share of the instances that did not already reach it; never awaited."""
@@ -218,6 +204,57 @@ class EnsemblePredictor:
             self._on_shadow(ShadowOutcome(*key, ids, future.result(), "ok"))
 
 
-def _answered(future: asyncio.Future[np.ndarray]) -> bool:
-    return (future.done() and not future.cancelled() and future.exception() is None
-            and bool(np.isfinite(future.result()).all()))
+class _Fanout:
+    """One predict call's member answers, written in by the batchers as their calls return.
+
+    Until its deadline it waits for every member; past it, only while no member has answered,
+    for the first that does (a late answer beats none, as in Clipper: under load every member
+    may miss a tight deadline, and one answer still makes a degraded prediction rather than a
+    503). `finished` resolves then; rows still queued for it are never sent.
+    """
+
+    __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "answered", "late", "timer")
+
+    def __init__(self, parts: list[tuple[int, str, np.ndarray | slice]], predictions: np.ndarray,
+                 finished: asyncio.Future[None]) -> None:
+        self.parts = parts
+        self.predictions = predictions  # [M, B], NaN until a member's rows answer
+        self.finished = finished
+        self.status = ["timeout"] * len(parts)
+        self.done_at: list[float | None] = [None] * len(parts)
+        self.left = len(parts)
+        self.answered = False
+        self.late = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def wanted(self) -> bool:
+        return not self.finished.done()
+
+    def resolve(self, part: int, outputs: np.ndarray | BaseException) -> None:
+        if self.finished.done():
+            return
+        self.done_at[part] = time.perf_counter()
+        if isinstance(outputs, BaseException) or not np.isfinite(outputs).all():
+            self.status[part] = "error"
+        else:
+            m, _, index = self.parts[part]
+            self.predictions[m, index] = outputs
+            self.status[part] = "ok"
+            self.answered = True
+        self.left -= 1
+        if self.left == 0 or (self.late and self.answered):
+            self.finished.set_result(None)
+
+    def expire(self, late_s: float) -> None:
+        """The deadline: finish with what is in, or wait up to `late_s` more for a first answer."""
+        if self.finished.done():
+            return
+        if self.answered or late_s <= 0:
+            self.finished.set_result(None)
+        else:
+            self.late = True
+            self.timer = asyncio.get_running_loop().call_later(late_s, self._give_up)
+
+    def _give_up(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)

@@ -163,3 +163,31 @@ def test_rows_whose_caller_gave_up_are_not_sent():
 
     asyncio.run(scenario())
     assert sent == [2, 4]
+
+
+def test_rows_queued_past_the_deadline_or_for_a_cancelled_request_are_never_sent():
+    sent: list[int] = []
+
+    async def slow(rows: np.ndarray) -> np.ndarray:
+        sent.append(len(rows))
+        await asyncio.sleep(0.3)
+        return np.zeros(len(rows), dtype=np.float32)
+
+    async def scenario() -> None:
+        calls = {"fast": {"v1": constant(1.0)}, "slow": {"v1": slow}}
+        ensemble = EnsemblePredictor(calls, {m: {"split": {"v1": 1.0}, "shadow": {}} for m in calls},
+                                     lambda: {"fast-v1": 1.0, "slow-v1": 1.0}, 0.05, max_rows=64, max_in_flight=1)
+        first = asyncio.ensure_future(ensemble.predict(np.zeros((1, 4, 2)), [None]))
+        await asyncio.sleep(0)  # the slow member's first call is out; later rows queue behind it
+        expired = asyncio.ensure_future(ensemble.predict(np.zeros((2, 4, 2)), [None] * 2))
+        cancelled = asyncio.ensure_future(ensemble.predict(np.zeros((3, 4, 2)), [None] * 3))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        results = await asyncio.gather(first, expired, cancelled, return_exceptions=True)
+        for result in results[:2]:
+            assert {o.model: o.status for o in result.outcomes} == {"fast": "ok", "slow": "timeout"}
+        assert isinstance(results[2], asyncio.CancelledError)
+        await asyncio.sleep(0.4)  # the slow call's slot frees: nothing queued is left to send
+
+    asyncio.run(scenario())
+    assert sent == [1]
