@@ -70,3 +70,11 @@ def test_ensemble_runs_as_the_yamls_applications_with_member_routes(graph: str) 
     assert apps[0][1] == "/members/xgboost-v1" and apps[-1][1] == "/"
     router_args = apps[-1][2]._bound_deployment.init_args[0]["router"]
     assert router_args["member_url"] == "http://127.0.0.1:8123"
+
+
+def test_hot_path_bench_runs_and_reports_cpu() -> None:
+    import asyncio
+
+    from bench.hot_path import cpu_ms_per_request
+
+    assert asyncio.run(cpu_ms_per_request(requests=40, connections=8)) > 0
