@@ -155,6 +155,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _error_line(error: str) -> str:
+    """What went wrong, in one line: HAProxy's first alert (without its config path), else the first line."""
+    lines = error.splitlines()
+    alert = next((line for line in lines if "[ALERT]" in line), None)
+    return (alert.rsplit(" : ", 1)[-1] if alert else lines[0] if lines else "")[:200]
+
+
 def _best_path(check: dict[str, Any], name: str) -> tuple[str, float | None]:
     """The member check's fastest path into member `name` in Serve: (label, rows/s)."""
     rates = {path: by_name[name]["rows_per_s"] for path, by_name in check.get("serve", {}).items() if name in by_name}
@@ -215,9 +222,11 @@ def markdown(results: dict[str, Any]) -> str:
         parts += ["", f"### Member deployments: batched throughput in Serve vs in-process (batch {check['batch']})", "",
                   table(["member", "in-process rows/s", *(f"in Serve, {path}, rows/s" for path in paths), "best ratio"],
                         rows)]
-    if failures := results.get("failures"):
-        parts += ["", "### Failed parts of this run", "", table(["part", "error"], [[k, v.splitlines()[0][:200]]
-                                                                                 for k, v in failures.items()])]
+    for key, heading in (("retried", "Parts of this run retried once (their server failed)"),
+                         ("failures", "Failed parts of this run")):
+        if entries := results.get(key):
+            parts += ["", f"### {heading}", "",
+                      table(["part", "error"], [[k, _error_line(v)] for k, v in entries.items()])]
     verdicts = targets(results)
     parts += ["", "### Targets", "",
               table(["target", "measured", "bound", "met"],

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import report
 from bench.procmon import TreeMonitor
-from bench.servers import SETTINGS, Server, bento_server, inproc_server, predict_probe, ray_server
+from bench.servers import SETTINGS, Server, ServerFailed, bento_server, inproc_server, predict_probe, ray_server
 from bench.wrk import WrkRun, ensure_wrk, lua_script, make_bodies, run_wrk, threads_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,14 +152,23 @@ class Stages:
 
     def __init__(self, results: dict[str, Any]) -> None:
         self.failures: dict[str, str] = results.setdefault("failures", {})
+        self.retried: dict[str, str] = results.setdefault("retried", {})
 
     def attempt(self, name: str, part: Callable[[], Any]) -> Any:
-        try:
-            return part()
-        except Exception as exc:  # noqa: BLE001 - one broken server must not lose the others' figures
-            log(f"FAILED {name}: {type(exc).__name__}: {str(exc)[-1500:]}")
-            self.failures[name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
-            return None
+        """`part()`, once more if its server failed (Ray's HAProxy can pick an internal port that a
+        client socket of the machine holds at that moment); a second failure is recorded."""
+        for tries_left in (1, 0):
+            try:
+                return part()
+            except Exception as exc:  # noqa: BLE001 - one broken server must not lose the others' figures
+                reason = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+                if tries_left and isinstance(exc, ServerFailed):
+                    log(f"RETRYING {name} once: {reason}")
+                    self.retried[name] = reason
+                    continue
+                log(f"FAILED {name}: {reason}")
+                self.failures[name] = reason
+        return None
 
 
 def run_all(opts: argparse.Namespace) -> dict[str, Any]:
