@@ -7,6 +7,8 @@ ingress setting that gave the ensemble its best throughput at the highest connec
 """
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 SYSTEMS = {
@@ -159,7 +161,8 @@ def _error_line(error: str) -> str:
     """What went wrong, in one line: HAProxy's first alert (without its config path), else the first line."""
     lines = error.splitlines()
     alert = next((line for line in lines if "[ALERT]" in line), None)
-    return (alert.rsplit(" : ", 1)[-1] if alert else lines[0] if lines else "")[:200]
+    line = alert.split(" : ", 1)[-1] if alert else lines[0] if lines else ""
+    return re.sub(r"\[/[^\]]*\]", "[...]", line)[:200]
 
 
 def _best_path(check: dict[str, Any], name: str) -> tuple[str, float | None]:
