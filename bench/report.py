@@ -8,7 +8,6 @@ ingress setting that gave the ensemble its best throughput at the highest connec
 from __future__ import annotations
 
 import re
-
 from typing import Any
 
 SYSTEMS = {
