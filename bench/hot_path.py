@@ -16,12 +16,14 @@ import numpy as np
 import orjson
 
 from bench.wrk import make_bodies
-from ensemble.config import deployment_name
+from ensemble.config import MemberVersionSpec, RouterSpec, deployment_name
 from ensemble.fanout import EnsemblePredictor
 from ensemble.validation import Limits, parse_predict
+from models.data import N_FEATURES, WINDOW
 
 MODELS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
-LIMITS = Limits(window=128, n_features=8, max_rows=1024, max_instances=256, max_body_bytes=8 << 20)
+ROUTER = RouterSpec()  # the router's default limits, as the graphs use them
+LIMITS = Limits(WINDOW, N_FEATURES, ROUTER.max_rows, ROUTER.max_instances, ROUTER.max_body_bytes)
 
 
 async def instant_member(windows: np.ndarray) -> np.ndarray:
@@ -34,7 +36,7 @@ async def cpu_ms_per_request(requests: int, connections: int) -> float:
         calls={model: {"v1": instant_member} for model in MODELS},
         traffic={model: {"split": {"v1": 1.0}, "shadow": {}} for model in MODELS},
         weights=lambda: {deployment_name(model, "v1"): 1.0 for model in MODELS},
-        deadline_s=1.0, max_rows=1024, max_in_flight=1,
+        deadline_s=1.0, max_rows=MemberVersionSpec().max_batch_rows, max_in_flight=ROUTER.max_in_flight,
     )
     bodies = make_bodies()
     slots = asyncio.Semaphore(connections)
