@@ -34,7 +34,8 @@ class ModelDeployment:
         self.name = f"{model}-{version}"
         self.max_batch_rows = max_batch_rows
         self._batched_predict.set_max_batch_size(max_batch_rows)
-        logger.info("%s loaded on %s with %d framework threads", self.name, self.runtime.device, num_threads)
+        logger.info("%s loaded in %s on %s with %d framework threads", self.name, self.runtime.framework,
+                    self.runtime.device, num_threads)
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
         """float32 windows [B, T, F] -> float32 predictions [B]."""
@@ -61,6 +62,6 @@ class ModelDeployment:
         return Response(encode(await self.predict(windows)), media_type=CONTENT_TYPE)
 
     def info(self) -> dict[str, Any]:
-        """What this replica serves: its manifest and the device it really runs on."""
-        return {"deployment": self.name, "device": self.runtime.device, "pid": os.getpid(),
-                "manifest": self.runtime.manifest.model_dump(mode="json")}
+        """What this replica serves: its manifest, and the runtime and device it really runs in."""
+        return {"deployment": self.name, "runtime": self.runtime.framework, "device": self.runtime.device,
+                "pid": os.getpid(), "manifest": self.runtime.manifest.model_dump(mode="json")}

@@ -24,6 +24,7 @@ from models.runtimes.base import Runtime, runtime_class
 Framework = Literal["xgboost", "lightgbm", "onnx", "torch"]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 MANIFEST = "manifest.json"
+TORCH_WEIGHTS = "weights.pt"  # a net's torch state dict, loaded with weights_only
 WARM_UP_BATCHES = (1, 32)
 
 
@@ -88,7 +89,7 @@ class Manifest(Strict):
     schema_version: Literal[1] = Field(1, description="Version of this manifest schema.")
     name: str = Field(min_length=1, description="Model (member) name, e.g. patchtst.")
     version: str = Field(min_length=1, description="Model version, e.g. v2.")
-    framework: Framework = Field(description="The runtime that serves the artifacts (models.runtimes).")
+    framework: Framework = Field(description="The runtime that serves the version on CPU (models.runtimes).")
     input: InputContract = Field(default_factory=InputContract, description="What predict takes.")
     output: OutputContract = Field(default_factory=OutputContract, description="What predict returns.")
     artifacts: dict[str, Sha256] = Field(min_length=1, description="Artifact file name -> SHA-256 hex digest.")
@@ -203,9 +204,20 @@ def list_versions(root: str | Path) -> dict[str, list[str]]:
     return {model: found for model, found in versions.items() if found}
 
 
-def load_runtime(root: str | Path, model: str, version: str, num_threads: int = 1, device: str = "cpu") -> Runtime:
-    """Read the manifest, verify the artifacts, then load and warm up the framework's runtime.
+def serving_framework(manifest: Manifest, device: str) -> Framework:
+    """The runtime for `device`: the manifest's own, except that an ONNX net shipping its torch
+    state dict runs in torch on CUDA, because the project installs the CPU onnxruntime package
+    and torch is the framework whose build carries CUDA."""
+    if device == "cuda" and manifest.framework == "onnx" and TORCH_WEIGHTS in manifest.artifacts:
+        return "torch"
+    return manifest.framework
 
+
+def load_runtime(root: str | Path, model: str, version: str, num_threads: int = 1, device: str = "cpu",
+                 framework: Framework | None = None) -> Runtime:
+    """Read the manifest, verify the artifacts, then load and warm up the runtime.
+
+    `framework` picks a runtime whose artifact the version ships (default: `serving_framework`).
     Raises ModelLoadError (ArtifactIntegrityError for a missing or altered artifact) with any
     framework exception as its cause.
     """
@@ -215,7 +227,7 @@ def load_runtime(root: str | Path, model: str, version: str, num_threads: int = 
     if manifest.input.features != list(FEATURES):
         raise ModelLoadError(f"{model}/{version} expects features {manifest.input.features}, this code has {FEATURES}")
     try:
-        runtime = runtime_class(manifest.framework)()
+        runtime = runtime_class(framework or serving_framework(manifest, device))()
         runtime.load(directory, manifest, num_threads=num_threads, device=device)
         runtime.warm_up(WARM_UP_BATCHES)
     except ModelLoadError:

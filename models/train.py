@@ -6,8 +6,10 @@
 One synthetic series is cut chronologically: the training span, whose last part is kept for
 early stopping, then the holdout, which no model ever sees while training. v1 of every
 member trains on the most recent part of the span only, v2 on all of it with other
-hyperparameters. Each manifest carries the holdout metrics of exactly what is served: the
-trees' own predictions, the nets' ONNX or torch outputs.
+hyperparameters. Each manifest carries the holdout metrics of exactly what is served on CPU:
+the trees' own predictions, the nets' ONNX Runtime outputs. A net also ships its torch state
+dict, which serves it on CUDA (`models.repository.load_runtime`); the two agree within
+`PARITY_RTOL` on the holdout or the version is not installed.
 """
 from __future__ import annotations
 
@@ -35,12 +37,15 @@ from models.data import WINDOW, generate_market, make_windows
 from models.errors import ModelLoadError
 from models.features import FEATURE_NAMES, engineer
 from models.nets import ONNX_INPUT, ONNX_OPSET, build_net, export_onnx, normalise
-from models.repository import Export, Framework, Metrics, Training, load_runtime, read_manifest, write_version
+from models.repository import (TORCH_WEIGHTS, Export, Framework, Metrics, Training, load_runtime, read_manifest,
+                               write_version)
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
 VERSIONS = ("v1", "v2")
+# ONNX Runtime serves every net on CPU: 1.3-5.6x the rows/s of torch eager at 1-256 rows
+# (`python -m bench.net_runtimes`, BENCHMARKS.md).
 FRAMEWORK: dict[str, Framework] = {
-    "xgboost": "xgboost", "lightgbm": "lightgbm", "patchtst": "onnx", "lstm": "torch", "nhits": "onnx",
+    "xgboost": "xgboost", "lightgbm": "lightgbm", "patchtst": "onnx", "lstm": "onnx", "nhits": "onnx",
 }
 TRAIN_THREADS = 2
 PARITY_RTOL = 1e-4  # exported vs torch, relative to the largest prediction
@@ -226,10 +231,7 @@ def _fit_net(model: str, data: Dataset, rows: slice, params: dict[str, Any], see
     train_params = {k: v for k, v in params.items() if k != "hparams"} | {"max_epochs": profile.max_epochs,
                                                                           "patience": profile.patience}
     fitted = Fitted({}, torch_pred, best_epoch, train_params, durations, model, hparams)
-    if FRAMEWORK[model] == "torch":
-        torch.save(net.state_dict(), out / "weights.pt")
-        fitted.artifacts = {"weights.pt": out / "weights.pt"}
-        return fitted
+    torch.save(net.state_dict(), out / TORCH_WEIGHTS)
     with _timed(durations, "export"):
         export_onnx(net, out / "model.onnx")
         session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -237,7 +239,7 @@ def _fit_net(model: str, data: Dataset, rows: slice, params: dict[str, Any], see
     diff = float(np.max(np.abs(fitted.holdout_pred - torch_pred)))
     if diff > PARITY_RTOL * float(np.max(np.abs(torch_pred))) + 1e-9:
         raise RuntimeError(f"{model}: ONNX and torch disagree by up to {diff:.3g} on the holdout")
-    fitted.artifacts = {"model.onnx": out / "model.onnx"}
+    fitted.artifacts = {"model.onnx": out / "model.onnx", TORCH_WEIGHTS: out / TORCH_WEIGHTS}
     fitted.export = Export(source="torch", source_version=torch.__version__, opset=ONNX_OPSET, max_abs_diff=diff)
     return fitted
 
@@ -273,8 +275,6 @@ def _libraries(framework: Framework) -> dict[str, str]:
             versions["lightgbm"] = lgb.__version__
         case "onnx":
             versions |= {"torch": torch.__version__, "onnxruntime": ort.__version__}
-        case "torch":
-            versions["torch"] = torch.__version__
     return versions
 
 

@@ -40,9 +40,9 @@ class Runtime(ABC):
 
     def load(self, model_dir: Path, manifest: Manifest, num_threads: int = 1, device: str = "cpu") -> None:
         """Load the artifact from `model_dir`, whose SHA-256s the caller has verified."""
-        if manifest.framework != self.framework or self.artifact not in manifest.artifacts:
-            raise ModelLoadError(f"{type(self).__name__} loads {self.framework} {self.artifact}; "
-                                 f"the manifest has {manifest.framework} {sorted(manifest.artifacts)}")
+        if self.artifact not in manifest.artifacts:
+            raise ModelLoadError(f"{type(self).__name__} loads {self.artifact}; "
+                                 f"the manifest has {sorted(manifest.artifacts)}")
         if device not in DEVICES or num_threads < 1:
             raise ModelLoadError(f"device must be one of {DEVICES} and num_threads >= 1, got {device!r}, {num_threads}")
         self.manifest = manifest

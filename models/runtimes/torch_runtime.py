@@ -1,4 +1,7 @@
-"""Torch eager: the net rebuilt from the manifest's architecture, weights from a state dict."""
+"""Torch eager: the net rebuilt from the manifest's architecture, weights from a state dict.
+
+Serves a net on CUDA (`models.repository.serving_framework`); ONNX Runtime is faster on CPU.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +10,12 @@ import numpy as np
 import torch
 
 from models.nets import build_net
+from models.repository import TORCH_WEIGHTS
 from models.runtimes.base import Runtime
 
 
 class TorchRuntime(Runtime, framework="torch"):
-    artifact = "weights.pt"
+    artifact = TORCH_WEIGHTS
 
     def _load(self, artifact: Path, num_threads: int, device: str) -> None:
         torch.set_num_threads(num_threads)  # process-wide: one replica, one model

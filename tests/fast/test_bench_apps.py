@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench import net_runtimes
 from bench.apps import ensemble_apps, naive
 from bench.apps.graph_args import alias_repo, yaml_args
 from models.repository import read_manifest
@@ -78,3 +79,11 @@ def test_hot_path_bench_runs_and_reports_cpu() -> None:
     from bench.hot_path import cpu_ms_per_request
 
     assert asyncio.run(cpu_ms_per_request(requests=40, connections=8)) > 0
+
+
+def test_net_runtimes_compares_torch_and_onnx_on_the_same_weights(tiny_repo: Path) -> None:
+    rows = net_runtimes.compare(str(tiny_repo), "v1", seconds=0.0, rounds=1)
+    assert [(row["net"], row["batch"]) for row in rows] == [
+        (f"{net}-v1", batch) for net in ("lstm", "nhits", "patchtst") for batch in net_runtimes.BATCHES]
+    assert all(ms > 0 for row in rows for ms in row["ms_per_call"].values())
+    assert net_runtimes.table(rows).count("\n") == len(rows) + 1

@@ -12,7 +12,7 @@ import torch
 from models.data import FEATURES, WINDOW, generate_market, make_windows, sample_windows
 from models.errors import ArtifactIntegrityError, InputShapeError, ModelLoadError
 from models.features import FEATURE_NAMES, engineer
-from models.nets import build_net, export_onnx
+from models.nets import NETS, build_net, export_onnx
 from models.repository import Manifest, list_versions, load_runtime, read_manifest, version_dir, write_version
 from models.train import FRAMEWORK, MEMBERS, VERSIONS
 
@@ -35,10 +35,29 @@ def test_every_version_loads_and_predicts(repo: Path, model: str, version: str):
     manifest = read_manifest(repo, model, version)
     assert manifest.framework == FRAMEWORK[model] and manifest.holdout.n > 0
     assert all(len(digest) == 64 for digest in manifest.artifacts.values())
-    assert runtime.device == "cpu"
+    assert (runtime.framework, runtime.device) == (manifest.framework, "cpu")
 
 
-@pytest.mark.parametrize("model", ["patchtst", "nhits"])
+@pytest.mark.parametrize("model, version", [(m, v) for m, v in PAIRS if m in NETS])
+def test_a_net_asked_for_cuda_runs_its_state_dict_in_torch(repo: Path, model: str, version: str):
+    on_cpu = load_runtime(repo, model, version)
+    on_cuda = load_runtime(repo, model, version, device="cuda")
+    assert (on_cpu.framework, on_cuda.framework) == ("onnx", "torch")
+    # Without CUDA the torch runtime stays on CPU, and says so.
+    assert on_cuda.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    windows = sample_windows(9, seed=5)
+    expected = on_cpu.predict(windows)
+    np.testing.assert_allclose(on_cuda.predict(windows), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # A tree has no other runtime: asking for CUDA changes nothing but the device it reports.
+    assert load_runtime(repo, "xgboost", version, device="cuda").framework == "xgboost"
+
+
+def test_a_runtime_needs_its_artifact(repo: Path):
+    with pytest.raises(ModelLoadError, match=r"TorchRuntime loads weights.pt; the manifest has \['model.json'\]"):
+        load_runtime(repo, "xgboost", "v1", framework="torch")
+
+
+@pytest.mark.parametrize("model", sorted(NETS))
 def test_onnx_export_matches_torch(repo: Path, model: str, tmp_path: Path):
     manifest = read_manifest(repo, model, "v1")
     torch.manual_seed(0)

@@ -106,7 +106,7 @@ def test_members_endpoint_reports_manifests(client: httpx.Client):
     members = client.get("/v1/members").json()
     assert sorted(members) == sorted(MEMBERS)
     v1 = members["patchtst"]["versions"]["v1"]
-    assert v1["device"] == "cpu" and v1["manifest"]["framework"] == "onnx"
+    assert (v1["runtime"], v1["device"], v1["manifest"]["framework"]) == ("onnx", "cpu", "onnx")
 
 
 def test_raising_and_hanging_members_degrade_the_answer(client: httpx.Client):
