@@ -19,7 +19,7 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-# Trains the ten demo models only when some manifest is missing.
+# Trains the demo models whose manifest is missing or stale (trained for another runtime).
 models: $(INSTALLED)
 	$(BIN)/python -m models.train --root $(MODEL_ROOT) --if-missing
 

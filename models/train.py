@@ -344,12 +344,15 @@ def train_repository(root: Path | str, profile: str = "demo", models: list[str] 
 
 def ensure_repository(root: Path | str, profile: str = "demo", models: list[str] | None = None,
                       seed: int = 7) -> bool:
-    """Train only the (model, version)s whose manifest is missing or invalid; returns whether it trained."""
+    """Train only the (model, version)s whose manifest is missing, invalid or stale (another
+    framework than this code serves them with, from an older training); returns whether it trained."""
     missing = []
     for model, version in _pairs(models):
         try:
-            read_manifest(root, model, version)
+            stale = read_manifest(root, model, version).framework != FRAMEWORK[model]
         except ModelLoadError:
+            stale = True
+        if stale:
             missing.append((model, version))
     if missing:
         _train_pairs(Path(root), profile, missing, seed)
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="data and training budget")
     parser.add_argument("--models", nargs="+", choices=MEMBERS, help="train only these members (both versions)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the data and of every trainer")
-    parser.add_argument("--if-missing", action="store_true", help="train only versions whose manifest is missing")
+    parser.add_argument("--if-missing", action="store_true", help="train only versions whose manifest is missing or stale")
     args = parser.parse_args(argv)
     if args.if_missing:
         if not ensure_repository(args.root, args.profile, args.models, args.seed):

@@ -14,7 +14,7 @@ from models.errors import ArtifactIntegrityError, InputShapeError, ModelLoadErro
 from models.features import FEATURE_NAMES, engineer
 from models.nets import NETS, build_net, export_onnx
 from models.repository import Manifest, list_versions, load_runtime, read_manifest, version_dir, write_version
-from models.train import FRAMEWORK, MEMBERS, VERSIONS
+from models.train import FRAMEWORK, MEMBERS, VERSIONS, ensure_repository
 
 PAIRS = [(m, v) for m in MEMBERS for v in VERSIONS]
 
@@ -72,6 +72,19 @@ def test_onnx_export_matches_torch(repo: Path, model: str, tmp_path: Path):
     with torch.inference_mode():
         expected = net(torch.from_numpy(windows)).numpy()
     np.testing.assert_allclose(load_runtime(tmp_path, model, "v1").predict(windows), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_if_missing_retrains_a_version_an_older_training_serves_otherwise(repo: Path, tmp_path: Path):
+    shutil.copytree(repo / "lstm", tmp_path / "lstm")
+    for version in VERSIONS:  # as trainings before every net shipped ONNX wrote the LSTM: torch only
+        old = read_manifest(repo, "lstm", version)
+        weights = tmp_path / f"weights-{version}.pt"
+        shutil.copy(version_dir(repo, "lstm", version) / "weights.pt", weights)
+        write_version(tmp_path, "lstm", version, "torch", {"weights.pt": weights}, training=old.training,
+                      holdout=old.holdout, architecture=old.architecture, hparams=old.hparams)
+    assert ensure_repository(tmp_path, "tiny", ["lstm"]) is True
+    assert {read_manifest(tmp_path, "lstm", v).framework for v in VERSIONS} == {FRAMEWORK["lstm"]}
+    assert ensure_repository(tmp_path, "tiny", ["lstm"]) is False
 
 
 def test_tampered_artifact_is_refused(repo: Path, tmp_path: Path):
