@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TypedDict
 
 import numpy as np
 
@@ -24,6 +25,13 @@ RUNTIMES: tuple[Framework, ...] = ("torch", "onnx")
 BATCHES = (1, 16, 64, 256)
 
 
+class Comparison(TypedDict):
+    net: str  # <net>-<version>
+    batch: int
+    ms_per_call: dict[str, float]  # runtime -> median CPU ms per call
+    rows_per_s: dict[str, float]  # runtime -> rows per CPU second
+
+
 def cpu_ms_per_call(runtime: Runtime, windows: np.ndarray, seconds: float) -> float:
     calls, wall, cpu = 0, time.perf_counter(), time.process_time()
     while calls < 3 or time.perf_counter() - wall < seconds:
@@ -32,10 +40,10 @@ def cpu_ms_per_call(runtime: Runtime, windows: np.ndarray, seconds: float) -> fl
     return 1000 * (time.process_time() - cpu) / calls
 
 
-def compare(root: str, version: str, seconds: float, rounds: int) -> list[dict[str, object]]:
+def compare(root: str, version: str, seconds: float, rounds: int) -> list[Comparison]:
     """One row per (net, batch): each runtime's median CPU ms per call and rows/s."""
     windows = sample_windows(max(BATCHES), seed=13)
-    rows = []
+    rows: list[Comparison] = []
     for net in sorted(NETS):
         loaded = {name: load_runtime(root, net, version, framework=name) for name in RUNTIMES}
         for batch in BATCHES:
@@ -49,7 +57,7 @@ def compare(root: str, version: str, seconds: float, rounds: int) -> list[dict[s
     return rows
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[Comparison]) -> str:
     lines = ["| net | batch | torch eager ms/call | ONNX Runtime ms/call | torch rows/s | ONNX Runtime rows/s "
              "| ONNX Runtime / torch |", "|---|---|---|---|---|---|---|"]
     for row in rows:
