@@ -24,7 +24,7 @@ models: $(INSTALLED)
 	$(BIN)/python -m models.train --root $(MODEL_ROOT) --if-missing
 
 # Serve's HAProxy ingress with throughput-optimized settings won every point of the benchmark on
-# one machine (BENCHMARKS.md); cluster.yaml keeps Ray's defaults, not yet measured on several nodes.
+# one machine and on two nodes (BENCHMARKS.md); cluster.yaml starts every node with them.
 SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1
 
 serve: models
