@@ -11,8 +11,8 @@
 # a prediction through each node's ingress, where Serve placed each replica, wrk at 64 connections
 # through the head's ingress, and the worker node killed (every process in its namespace, as a
 # crashed machine) while the head's ingress is probed every 50 ms for 60 s.
-# Needs root, iproute2, curl and wrk; the processes share the machine's cores, so the throughput
-# compares the two settings with each other only.
+# Run after `make models`. Needs root, iproute2, curl and wrk. Both nodes share the machine's
+# cores, so the throughput compares the two settings with each other only.
 set -euo pipefail
 MODE=${1:?usage: two_nodes.sh haproxy|default [graph.yaml]}
 GRAPH=${2:-graphs/ensemble.yaml}
