@@ -86,7 +86,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         member = build_member(MemberAppArgs(model_root=str(REPO / "model_repo"), model=MODEL, version=VERSION,

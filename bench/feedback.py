@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     with tempfile.TemporaryDirectory() as state:
         args = {**yaml_args(), "state": {"url": f"sqlite:///{state}/feedback.db"}}
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             serve.run(build_app(GraphArgs.model_validate(args)), name="ensemble", route_prefix="/")

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Replicas import bench.* too: the harness puts the repository on PYTHONPATH, which the
     # raylet and so every worker inherit.
-    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=opts.temp_dir)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _temp_dir=opts.temp_dir)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
         apps = build(opts.app, opts.graph, opts.members, opts.port)

@@ -35,6 +35,8 @@ kill_node() {  # `ray stop` would stop every Ray process on the machine, both no
 cleanup() {
   kill_node $B; kill_node $A
   ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
+  # `ray start --head` recorded this cluster as the machine's current one; it is gone now.
+  if [[ $(cat /tmp/ray/ray_current_cluster 2>/dev/null) == 10.77.0.1:6379 ]]; then rm -f /tmp/ray/ray_current_cluster; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -119,7 +119,7 @@ def serve_session(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     port = free_port()
     # Replicas inherit the environment of the Ray instance this process starts.
     os.environ["ENSEMBLE_ADMIN_TOKEN"] = ADMIN_TOKEN
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(graph_args(model_root, state_url)), name="ensemble", route_prefix="/")
