@@ -18,7 +18,7 @@ MODE=${1:?usage: two_nodes.sh haproxy|default [graph.yaml]}
 GRAPH=${2:-graphs/ensemble.yaml}
 cd "$(dirname "$0")/.."
 BIN=$PWD/.venv/bin
-WORK=$(mktemp -d)
+WORK=""
 A=ens-node-a B=ens-node-b
 case $MODE in
   haproxy) export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 ;;
