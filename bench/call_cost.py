@@ -24,6 +24,7 @@ from ray import serve
 
 from bench.member_check import drive
 from deployments.member_http import HttpMember
+from ensemble.channel import DirectMember
 from ensemble.config import MemberAppArgs, deployment_name, member_route
 from graphs.ensemble import build_member
 
@@ -69,13 +70,21 @@ async def _compare(rows: int, seconds: float) -> dict[str, list[dict[str, float]
     windows = sample_windows(rows, seed=3).astype(np.float32)
     name = deployment_name(MODEL, VERSION)
     handle = serve.get_deployment_handle(name, app_name=name)
-    results: dict[str, list[dict[str, float]]] = {"handle": [], "http": []}
+    results: dict[str, list[dict[str, float]]] = {"handle": [], "http": [], "direct": []}
     async with aiohttp.ClientSession() as session:
         member = HttpMember(session, f"http://127.0.0.1:{PORT}{member_route(MODEL, VERSION)}")  # the router's client
+        direct = DirectMember(fallback=_no_fallback)
+        direct.set_endpoints([tuple((await handle.info.remote())["channel"])])
         for _ in range(2):
             results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds))
             results["http"].append(await _measure(lambda: member.predict(windows), seconds))
+            results["direct"].append(await _measure(lambda: direct.predict(windows), seconds))
+        direct.close()
     return results
+
+
+async def _no_fallback(windows: np.ndarray) -> np.ndarray:
+    raise RuntimeError("the direct channel was not used")
 
 
 def main() -> None:

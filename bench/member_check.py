@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import numpy as np
 
@@ -22,7 +23,8 @@ BATCH = 64
 # (label, transport, calls kept outstanding). Two: the replica always has the next call queued,
 # so this is its capacity, not the round trip. Eight: calls queue while the model runs and the
 # member's `serve.batch` merges them, as when several router replicas share a member.
-PATHS = (("handle", "handle", 2), ("HTTP", "http", 2), ("HTTP, 8 in flight", "http", 8))
+PATHS = (("handle", "handle", 2), ("HTTP", "http", 2), ("HTTP, 8 in flight", "http", 8),
+         ("direct channel", "direct", 2), ("direct channel, 8 in flight", "direct", 8))
 
 
 def _members(graph: str | None):
@@ -76,11 +78,17 @@ async def drive(call: Callable[[], Awaitable], seconds: float, in_flight: int) -
 
 def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Path label -> member -> rows/s, driven from this (the driver's) event loop. HTTP calls go
-    through Serve's ingress at `port` with the router's own client (`HttpMember`)."""
+    through Serve's ingress at `port` with the router's own client (`HttpMember`); direct calls
+    over the replica's channel with the router's own `DirectMember`, which here may not fall back."""
     import aiohttp
     from ray import serve
 
     from deployments.member_http import HttpMember
+    from deployments.router import chosen_channel
+    from ensemble.channel import DirectMember
+
+    async def no_fallback(windows: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the member's direct channel was not used")
 
     batch = _batch()
 
@@ -92,10 +100,13 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
                 name = deployment_name(model, version)
                 handle = serve.get_deployment_handle(name, app_name=name)
                 member = HttpMember(session, f"http://127.0.0.1:{port}{member_route(model, version)}")
-                calls = {"handle": lambda: handle.predict.remote(batch), "http": lambda: member.predict(batch)}
+                direct = DirectMember(partial(chosen_channel, handle), fallback=no_fallback)
+                calls = {"handle": lambda: handle.predict.remote(batch), "http": lambda: member.predict(batch),
+                         "direct": lambda: direct.predict(batch)}
                 for label, transport, in_flight in PATHS:
                     await calls[transport]()
                     results[label][name] = _rate(*await drive(calls[transport], seconds, in_flight))
+                direct.close()
         return results
 
     return asyncio.run(measure())

@@ -1,7 +1,8 @@
 """One generic model deployment, bound once per (model, version) as `<model>-<version>`.
 
-Reached through a Serve handle (`predict`), or over HTTP (`__call__`) when the member version
-is its own application with a route prefix and the router has `member_url`.
+Reached through a Serve handle (`predict`), over HTTP (`__call__`) when the member version is
+its own application with a route prefix and the router has `member_url`, or over the replica's
+own direct channel (`ensemble.channel`), whose address `info()` reports.
 """
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import os
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from deployments.autoscaling import CHANNEL_CALLS
+from ensemble.channel import ChannelServer
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
 from models.repository import load_runtime
 
@@ -28,14 +32,16 @@ class ModelDeployment:
     runtime call; a call that is already a full batch goes straight through.
     """
 
-    def __init__(self, model_root: str, model: str, version: str, num_threads: int, device: str,
-                 max_batch_rows: int) -> None:
+    async def __init__(self, model_root: str, model: str, version: str, num_threads: int, device: str,
+                       max_batch_rows: int) -> None:
         self.runtime = load_runtime(model_root, model, version, num_threads=num_threads, device=device)
         self.name = f"{model}-{version}"
         self.max_batch_rows = max_batch_rows
         self._batched_predict.set_max_batch_size(max_batch_rows)
-        logger.info("%s loaded in %s on %s with %d framework threads", self.name, self.runtime.framework,
-                    self.runtime.device, num_threads)
+        self.channel = ChannelServer(self._answer_frame)
+        self.channel_endpoint = await self.channel.start(ray.util.get_node_ip_address())
+        logger.info("%s loaded in %s on %s with %d framework threads; channel on %s:%d", self.name,
+                    self.runtime.framework, self.runtime.device, num_threads, *self.channel_endpoint)
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
         """float32 windows [B, T, F] -> float32 predictions [B]."""
@@ -50,6 +56,10 @@ class ModelDeployment:
         outputs = self.runtime.predict(np.concatenate(blocks))
         return np.split(outputs, np.cumsum([len(b) for b in blocks[:-1]]))
 
+    async def _answer_frame(self, payload: bytes) -> bytes:
+        contract = self.runtime.manifest.input
+        return encode(await self.predict(decode_windows(payload, contract.window, contract.n_features)))
+
     async def __call__(self, request: Request) -> Response:
         """POST: raw float32 windows in, raw float32 predictions out (`ensemble.wire`). GET: info()."""
         if request.method == "GET":
@@ -61,7 +71,15 @@ class ModelDeployment:
             return JSONResponse({"detail": str(exc)}, status_code=400)
         return Response(encode(await self.predict(windows)), media_type=CONTENT_TYPE)
 
+    def record_replica_metadata(self) -> dict[str, Any]:
+        """Published by Serve with this replica to every handle: where its direct channel listens."""
+        return {"channel": list(self.channel_endpoint)}
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Calls over the channel, for `deployments.autoscaling`: Serve counts only its own requests."""
+        return {CHANNEL_CALLS: self.channel.mean_in_flight()}
+
     def info(self) -> dict[str, Any]:
         """What this replica serves: its manifest, and the runtime and device it really runs in."""
         return {"deployment": self.name, "runtime": self.runtime.framework, "device": self.runtime.device,
-                "pid": os.getpid(), "manifest": self.runtime.manifest.model_dump(mode="json")}
+                "pid": os.getpid(), "channel": list(self.channel_endpoint), "manifest": self.runtime.manifest.model_dump(mode="json")}

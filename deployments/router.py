@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import time
+from functools import partial
 from typing import Any, Literal
 
 import aiohttp
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ensemble.admin import admin_token, authorise
 from ensemble.batching import ModelCall
+from ensemble.channel import DirectMember, Endpoint
 from ensemble.config import GraphArgs, deployment_name, member_route
 from ensemble.fanout import CallOutcome, EnsemblePredictor, ShadowOutcome
 from ensemble.ledger import PredictionRow
@@ -156,6 +158,17 @@ class MemberMetrics:
         return timed_call
 
 
+async def chosen_channel(handle: DeploymentHandle) -> Endpoint | None:
+    """The direct channel of the replica Serve's request router chooses for the next call.
+
+    Pick-only (`_reserve=False`, as Serve's own HAProxy ingress picks): reserving a slot costs
+    two actor calls per member call, more than the call the channel saves.
+    """
+    async with handle.choose_replica(_reserve=False) as selection:
+        channel = selection.replica_metadata.get("channel")
+    return (channel[0], channel[1]) if channel else None
+
+
 @serve.deployment
 @serve.ingress(app)
 class EnsembleRouter:
@@ -164,6 +177,14 @@ class EnsembleRouter:
         self.args = GraphArgs.model_validate(args)
         self.control = control
         router = self.args.router
+        # A name instead of a handle: that version is its own application (GraphArgs.member_apps),
+        # which may still be deploying; /readyz says so until it answers.
+        handles = {
+            model: {version: member if isinstance(member, DeploymentHandle)
+                    else serve.get_deployment_handle(member, app_name=member, _check_exists=False)
+                    for version, member in versions.items()}
+            for model, versions in members.items()
+        }
         if router.calls_over_http(os.environ):
             # No overall timeout here: the batcher bounds every call with member_timeout_s.
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
@@ -173,16 +194,15 @@ class EnsembleRouter:
             self._info = {m: {v: member.info for v, member in vs.items()} for m, vs in http.items()}
         else:
             self._session = None
-            # A name instead of a handle: that version is its own application (GraphArgs.member_apps),
-            # which may still be deploying; /readyz says so until it answers.
-            handles = {
-                model: {version: member if isinstance(member, DeploymentHandle)
-                        else serve.get_deployment_handle(member, app_name=member, _check_exists=False)
-                        for version, member in versions.items()}
-                for model, versions in members.items()
-            }
             self._predict = {m: {v: handle.predict.remote for v, handle in vs.items()} for m, vs in handles.items()}
             self._info = {m: {v: handle.info.remote for v, handle in vs.items()} for m, vs in handles.items()}
+        self._direct: list[DirectMember] = []
+        if router.direct_channel:
+            for model, versions in handles.items():
+                for version, handle in versions.items():
+                    direct = DirectMember(partial(chosen_channel, handle), fallback=self._predict[model][version])
+                    self._direct.append(direct)
+                    self._predict[model][version] = direct.predict
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
                              router.max_instances, router.max_body_bytes)
         # The priors and the config's traffic serve until the control plane's first answer.
@@ -219,7 +239,9 @@ class EnsembleRouter:
 
     async def __del__(self) -> None:
         # Serve awaits this when the replica stops: close the member connections cleanly.
-        session = getattr(self, "_session", None)  # absent if __init__ failed early
+        for direct in getattr(self, "_direct", ()):  # absent if __init__ failed early
+            direct.close()
+        session = getattr(self, "_session", None)
         if session is not None:
             await session.close()
 

@@ -19,6 +19,7 @@ from ensemble.trust import TrustSpec
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 VERSION_PATTERN = re.compile(r"^v[0-9]+[a-z0-9_]*$")
+AUTOSCALING_POLICY = "deployments.autoscaling:ongoing_calls_policy"
 
 
 class AutoscalingSpec(StrictModel):
@@ -43,9 +44,10 @@ class AutoscalingSpec(StrictModel):
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
         return self
 
-    def to_serve(self) -> dict[str, float | int]:
-        """The dict Ray Serve's `autoscaling_config` takes."""
-        return self.model_dump(exclude_none=True)
+    def to_serve(self) -> dict[str, Any]:
+        """The dict Ray Serve's `autoscaling_config` takes, with the policy that also counts
+        calls over member replicas' direct channels (`deployments.autoscaling`)."""
+        return {**self.model_dump(exclude_none=True), "policy": {"policy_function": AUTOSCALING_POLICY}}
 
 
 class ReplicaSpec(StrictModel):
@@ -167,6 +169,13 @@ class RouterSpec(ReplicaSpec):
         description="How the router calls member versions: http (needs member_url), handle (Serve handles), or "
         "auto: http when member_url is set and Serve runs its HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY), where a "
         "call costs the router a third of a handle call's CPU; through Ray's Python proxy a handle is cheaper.",
+    )
+
+    direct_channel: bool = Field(
+        True,
+        description="Send member calls over each replica's direct channel (framed float32 over TCP; Serve still "
+        "chooses the replica), which costs a fifth of an HTTP call's CPU in the router; member_transport is then "
+        "the path for a replica without a reachable channel.",
     )
 
     def calls_over_http(self, environ: Mapping[str, str]) -> bool:
