@@ -82,4 +82,5 @@ class ModelDeployment:
     def info(self) -> dict[str, Any]:
         """What this replica serves: its manifest, and the runtime and device it really runs in."""
         return {"deployment": self.name, "runtime": self.runtime.framework, "device": self.runtime.device,
-                "pid": os.getpid(), "channel": list(self.channel_endpoint), "manifest": self.runtime.manifest.model_dump(mode="json")}
+                "pid": os.getpid(), "channel": list(self.channel_endpoint),
+                "channel_calls": self.channel.answered, "manifest": self.runtime.manifest.model_dump(mode="json")}

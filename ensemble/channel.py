@@ -91,6 +91,7 @@ class _ServerProtocol(asyncio.Protocol):
             body, status = f"{type(exc).__name__}: {exc}".encode(), FAILED
         finally:
             self._server.count(-1)
+            self._server.answered += 1
         if not self._transport.is_closing():
             self._transport.write(REPLY.pack(call_id, status, len(body)) + body)
 
@@ -102,6 +103,7 @@ class ChannelServer:
         self._handler = handler
         self._server: asyncio.Server | None = None
         self.in_flight = 0  # calls being answered now
+        self.answered = 0  # calls answered since the start
         self._since = self._changed = time.monotonic()
         self._area = 0.0  # in-flight calls integrated over time since `_since`
 

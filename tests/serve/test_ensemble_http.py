@@ -109,6 +109,18 @@ def test_members_endpoint_reports_manifests(client: httpx.Client):
     assert (v1["runtime"], v1["device"], v1["manifest"]["framework"]) == ("onnx", "cpu", "onnx")
 
 
+def test_member_calls_go_over_the_replicas_direct_channels(client: httpx.Client):
+    def answered() -> dict[str, int]:
+        members = client.get("/v1/members").json()
+        return {f"{m}-{v}": info["channel_calls"] for m in MEMBERS for v, info in members[m]["versions"].items()}
+
+    before = answered()
+    for i in range(5):
+        assert client.post("/v1/predict", json={"window": window(i)}).json()["degraded"] is False
+    after = answered()
+    assert all(after[name] - before[name] >= 5 for name in before), (before, after)
+
+
 def test_raising_and_hanging_members_degrade_the_answer(client: httpx.Client):
     answer = client.post("/faulty/v1/predict", json={"window": window()}).json()
     assert answer["degraded"] is True

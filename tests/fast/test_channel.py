@@ -1,0 +1,181 @@
+"""The direct channel to member replicas, over real loopback sockets (no Ray)."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ensemble.channel import CALL, ChannelError, ChannelServer, DirectMember, Endpoint, _Frames
+from ensemble.config import AUTOSCALING_POLICY, AutoscalingSpec
+from ensemble.wire import decode_windows, encode
+
+WINDOW, FEATURES = 4, 2
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def windows(n: int, start: float = 0.0) -> np.ndarray:
+    return (start + np.arange(n * WINDOW * FEATURES, dtype=np.float32)).reshape(n, WINDOW, FEATURES)
+
+
+async def row_sums(payload: bytes) -> bytes:
+    return encode(decode_windows(payload, WINDOW, FEATURES).sum(axis=(1, 2)))
+
+
+def held_until(release: asyncio.Event) -> Callable[[bytes], Awaitable[bytes]]:
+    """A replica whose answers wait for `release`."""
+    async def held(payload: bytes) -> bytes:
+        await release.wait()
+        return await row_sums(payload)
+    return held
+
+
+class Fallback:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.full(len(rows), -1.0, dtype=np.float32)
+
+
+def fixed(endpoint: Endpoint | None) -> Callable[[], Awaitable[Endpoint | None]]:
+    async def choose() -> Endpoint | None:
+        return endpoint
+    return choose
+
+
+def test_concurrent_calls_on_one_connection_each_get_their_own_answer():
+    async def scenario() -> None:
+        server = ChannelServer(row_sums)
+        endpoint = await server.start("127.0.0.1")
+        fallback = Fallback()
+        member = DirectMember(fixed(endpoint), fallback)
+        blocks = [windows(n, start=10.0 * n) for n in (1, 3, 64, 2, 7)] * 4
+        answers = await asyncio.gather(*(member.predict(block) for block in blocks))
+        for block, answer in zip(blocks, answers):
+            assert np.allclose(answer, block.sum(axis=(1, 2)))
+        assert fallback.calls == 0
+        member.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_frames_split_anywhere_in_the_stream_are_reassembled():
+    frames = _Frames(CALL)
+    stream = b"".join(CALL.pack(i, len(body)) + body for i, body in enumerate([b"abc", b"", b"x" * 1000]))
+    received = [frame for byte in range(len(stream)) for frame in frames.feed(stream[byte:byte + 1])]
+    assert received == [((0, 3), b"abc"), ((1, 0), b""), ((2, 1000), b"x" * 1000)]
+
+
+def test_a_model_error_reaches_the_caller_and_is_not_retried_elsewhere():
+    async def failing(payload: bytes) -> bytes:
+        raise ValueError("bad weights")
+
+    async def scenario() -> None:
+        server = ChannelServer(failing)
+        fallback = Fallback()
+        member = DirectMember(fixed(await server.start("127.0.0.1")), fallback)
+        with pytest.raises(ChannelError, match="ValueError: bad weights"):
+            await member.predict(windows(2))
+        assert fallback.calls == 0
+        member.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_no_channel_or_an_unreachable_one_goes_through_serves_path():
+    async def scenario() -> None:
+        fallback = Fallback()
+        assert (await DirectMember(fixed(None), fallback).predict(windows(3))).tolist() == [-1.0] * 3
+        server = ChannelServer(row_sums)
+        endpoint = await server.start("127.0.0.1")
+        server.close()
+        await server._server.wait_closed()
+        unreachable = DirectMember(fixed(endpoint), fallback)
+        assert (await unreachable.predict(windows(2))).tolist() == [-1.0] * 2
+        await unreachable.predict(windows(2))  # skipped for RETRY_AFTER_S, not reconnected
+        assert fallback.calls == 3
+
+    run(scenario())
+
+
+def test_a_connection_lost_mid_call_sends_the_call_through_serves_path():
+    async def scenario() -> None:
+        stall = asyncio.Event()
+        server = ChannelServer(held_until(stall))
+        endpoint = await server.start("127.0.0.1")
+        fallback = Fallback()
+        member = DirectMember(fixed(endpoint), fallback)
+        call = asyncio.ensure_future(member.predict(windows(2)))
+        while server.in_flight == 0:  # the call reached the replica
+            await asyncio.sleep(0.001)
+        for connection in member._connections.values():
+            connection._transport.abort()  # as when the replica's process dies
+        assert (await call).tolist() == [-1.0, -1.0]
+        assert fallback.calls == 1
+        stall.set()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_call_given_up_at_its_deadline_leaves_the_connection_usable():
+    async def scenario() -> None:
+        release = asyncio.Event()
+        server = ChannelServer(held_until(release))
+        member = DirectMember(fixed(await server.start("127.0.0.1")), Fallback())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await member.predict(windows(1))
+        release.set()  # its late answer arrives and is dropped
+        assert np.allclose(await member.predict(windows(2, 5.0)), windows(2, 5.0).sum(axis=(1, 2)))
+        connection = next(iter(member._connections.values()))
+        assert connection._pending == {}
+        member.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_the_replica_reports_its_mean_calls_in_flight_since_the_last_report():
+    async def scenario() -> None:
+        release = asyncio.Event()
+        server = ChannelServer(held_until(release))
+        member = DirectMember(fixed(await server.start("127.0.0.1")), Fallback())
+        server.mean_in_flight()
+        calls = [asyncio.ensure_future(member.predict(windows(1))) for _ in range(2)]
+        while server.in_flight < 2:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        busy = server.mean_in_flight()
+        release.set()
+        await asyncio.gather(*calls)
+        assert 0 < busy <= 2
+        await asyncio.sleep(0.01)
+        assert server.mean_in_flight() < busy
+        member.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_the_autoscaling_policy_counts_channel_calls_with_serves_requests():
+    module, name = AUTOSCALING_POLICY.split(":")
+    policy = getattr(importlib.import_module(module), name)
+    channel_metric = importlib.import_module(module).CHANNEL_CALLS
+    ctx = SimpleNamespace(current_num_replicas=2, target_num_replicas=2, total_num_requests=1.0,
+                          aggregated_metrics={channel_metric: {"a": 3.5, "b": 3.5}},
+                          config=SimpleNamespace(get_target_ongoing_requests=lambda: 2.0))
+    assert policy(ctx) == (4.0, {})
+    assert policy(SimpleNamespace(**{**vars(ctx), "aggregated_metrics": None})) == (0.5, {})
+    assert AutoscalingSpec().to_serve()["policy"] == {"policy_function": AUTOSCALING_POLICY}
