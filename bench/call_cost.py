@@ -1,13 +1,14 @@
-"""What one call to a member costs: a Serve handle call against HTTP through Serve's ingress.
+"""What one call to a member costs: a Serve handle call, HTTP through Serve's ingress, the direct channel.
 
 `python -m bench.call_cost [--rows N] [--seconds S]`, run with the ingress settings to compare
 (`make serve`'s are `RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`). One local
 Ray, one replica of xgboost v1 as the project deploys a member application
-(`graphs.ensemble:build_member`, 0.2 CPU), reached two ways, in turn, twice each, with two calls
-in flight for S seconds: its `predict` method through a `DeploymentHandle` (pickled numpy over
-Serve's gRPC), and its `/members/xgboost-v1` route through Serve's ingress (`ensemble.wire`
-bodies, aiohttp, keep-alive), as the router does. CPU seconds of the caller, the replica and
-HAProxy are divided by the calls answered.
+(`graphs.ensemble:build_member`, 0.2 CPU), reached three ways, in turn, twice each, with two
+calls in flight for S seconds: its `predict` method through a `DeploymentHandle` (pickled numpy
+over Serve's gRPC); its `/members/xgboost-v1` route through Serve's ingress (`ensemble.wire`
+bodies, aiohttp, keep-alive); and its direct channel (`ensemble.channel`, the replica chosen by
+Serve's request router), as the router does. CPU seconds of the caller, the replica and HAProxy
+are divided by the calls answered.
 """
 from __future__ import annotations
 
@@ -22,9 +23,8 @@ import numpy as np
 import psutil
 from ray import serve
 
-from bench.member_check import drive
+from bench.member_check import direct_member, drive
 from deployments.member_http import HttpMember
-from ensemble.channel import DirectMember
 from ensemble.config import MemberAppArgs, deployment_name, member_route
 from graphs.ensemble import build_member
 
@@ -73,18 +73,15 @@ async def _compare(rows: int, seconds: float) -> dict[str, list[dict[str, float]
     results: dict[str, list[dict[str, float]]] = {"handle": [], "http": [], "direct": []}
     async with aiohttp.ClientSession() as session:
         member = HttpMember(session, f"http://127.0.0.1:{PORT}{member_route(MODEL, VERSION)}")  # the router's client
-        direct = DirectMember(fallback=_no_fallback)
-        direct.set_endpoints([tuple((await handle.info.remote())["channel"])])
+        direct = direct_member(handle)
         for _ in range(2):
             results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds))
             results["http"].append(await _measure(lambda: member.predict(windows), seconds))
             results["direct"].append(await _measure(lambda: direct.predict(windows), seconds))
         direct.close()
+    # On this loop: the handle's router runs here under RAY_SERVE_THROUGHPUT_OPTIMIZED.
+    await serve.shutdown_async()
     return results
-
-
-async def _no_fallback(windows: np.ndarray) -> np.ndarray:
-    raise RuntimeError("the direct channel was not used")
 
 
 def main() -> None:

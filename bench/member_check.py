@@ -13,11 +13,17 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.apps.graph_args import yaml_args
 from ensemble.config import GraphArgs, deployment_name, member_route
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from ensemble.channel import DirectMember
 
 BATCH = 64
 # (label, transport, calls kept outstanding). Two: the replica always has the next call queued,
@@ -76,6 +82,19 @@ async def drive(call: Callable[[], Awaitable], seconds: float, in_flight: int) -
     return calls, time.perf_counter() - started
 
 
+async def _no_fallback(windows: np.ndarray) -> np.ndarray:
+    raise RuntimeError("the member's direct channel was not used")
+
+
+def direct_member(handle: DeploymentHandle) -> DirectMember:
+    """The router's own `DirectMember` for `handle`'s deployment, here forbidden to fall back:
+    a measurement of the channel must not quietly measure Serve's path."""
+    from deployments.router import chosen_channel
+    from ensemble.channel import DirectMember
+
+    return DirectMember(partial(chosen_channel, handle), fallback=_no_fallback)
+
+
 def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Path label -> member -> rows/s, driven from this (the driver's) event loop. HTTP calls go
     through Serve's ingress at `port` with the router's own client (`HttpMember`); direct calls
@@ -84,11 +103,6 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
     from ray import serve
 
     from deployments.member_http import HttpMember
-    from deployments.router import chosen_channel
-    from ensemble.channel import DirectMember
-
-    async def no_fallback(windows: np.ndarray) -> np.ndarray:
-        raise RuntimeError("the member's direct channel was not used")
 
     batch = _batch()
 
@@ -100,7 +114,7 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
                 name = deployment_name(model, version)
                 handle = serve.get_deployment_handle(name, app_name=name)
                 member = HttpMember(session, f"http://127.0.0.1:{port}{member_route(model, version)}")
-                direct = DirectMember(partial(chosen_channel, handle), fallback=no_fallback)
+                direct = direct_member(handle)
                 calls = {"handle": lambda: handle.predict.remote(batch), "http": lambda: member.predict(batch),
                          "direct": lambda: direct.predict(batch)}
                 for label, transport, in_flight in PATHS:
