@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from deployments.autoscaling import CHANNEL_CALLS
-from ensemble.channel import ChannelServer
+from ensemble.batching import predict_blocks
+from ensemble.channel import ChannelServer, merged_model_calls
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
 from models.repository import load_runtime
 
@@ -28,8 +30,9 @@ logger = logging.getLogger("ray.serve")
 class ModelDeployment:
     """Loads one version from the model repository (SHA-256 checked, warmed up) and predicts.
 
-    Calls from several routers that arrive together are merged by `serve.batch` into one
-    runtime call; a call that is already a full batch goes straight through.
+    Calls that arrive together are merged into one runtime call: over the direct channel by
+    `merged_model_calls`, through Serve's handle or HTTP path by `serve.batch`; a call that is
+    already a full batch goes straight through.
     """
 
     async def __init__(self, model_root: str, model: str, version: str, num_threads: int, device: str,
@@ -38,7 +41,10 @@ class ModelDeployment:
         self.name = f"{model}-{version}"
         self.max_batch_rows = max_batch_rows
         self._batched_predict.set_max_batch_size(max_batch_rows)
-        self.channel = ChannelServer(self._answer_frame)
+        contract = self.runtime.manifest.input
+        self.channel = ChannelServer(merged_model_calls(
+            partial(decode_windows, window=contract.window, n_features=contract.n_features),
+            self.runtime.predict, max_batch_rows))
         self.channel_endpoint = await self.channel.start(ray.util.get_node_ip_address())
         logger.info("%s loaded in %s on %s with %d framework threads; channel on %s:%d", self.name,
                     self.runtime.framework, self.runtime.device, num_threads, *self.channel_endpoint)
@@ -51,14 +57,7 @@ class ModelDeployment:
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=lambda items: sum(len(w) for w in items))
     async def _batched_predict(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
-        if len(blocks) == 1:
-            return [self.runtime.predict(blocks[0])]
-        outputs = self.runtime.predict(np.concatenate(blocks))
-        return np.split(outputs, np.cumsum([len(b) for b in blocks[:-1]]))
-
-    async def _answer_frame(self, payload: bytes) -> bytes:
-        contract = self.runtime.manifest.input
-        return encode(await self.predict(decode_windows(payload, contract.window, contract.n_features)))
+        return predict_blocks(self.runtime.predict, blocks)
 
     async def __call__(self, request: Request) -> Response:
         """POST: raw float32 windows in, raw float32 predictions out (`ensemble.wire`). GET: info()."""

@@ -17,6 +17,14 @@ import numpy as np
 ModelCall = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
+def predict_blocks(predict: Callable[[np.ndarray], np.ndarray], blocks: list[np.ndarray]) -> list[np.ndarray]:
+    """Each block's outputs from one `predict` over all of them (a member merging calls)."""
+    if len(blocks) == 1:
+        return [predict(blocks[0])]
+    outputs = predict(np.concatenate(blocks))
+    return np.split(outputs, np.cumsum([len(block) for block in blocks[:-1]]))
+
+
 class RowsWaiter(Protocol):
     """Who receives the outputs of queued rows: `part` says which of its blocks they answer."""
 

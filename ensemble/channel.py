@@ -7,8 +7,10 @@ router, 1.0 ms of Serve's request path in the replica beyond the model, and 0.25
 
 Frames: a call is `<call id u32><payload bytes u32>` then `ensemble.wire` windows; a reply is
 `<call id u32><status u8><payload bytes u32>` then predictions (status 0) or a UTF-8 error
-message. Calls on one connection are answered in any order, so concurrent calls from one router
-are merged by the member's own batching.
+message. Calls on one connection are answered in any order. The calls that arrive back to back
+(those sent while the replica was busy) go to the handler together, and `merged_model_calls`
+answers them with one model call: the member's batching, without the per-call queue, futures
+and task of `serve.batch` (a third of the replica's CPU per one-row call; BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -19,16 +21,19 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from ensemble.batching import predict_blocks
 from ensemble.wire import decode_predictions, encode
 
 CALL = struct.Struct("<II")
 REPLY = struct.Struct("<IBI")
 OK, FAILED = 0, 1
 MAX_FRAME_BYTES = 256 * 1024 * 1024
+MAX_MERGED_CALLS = 64  # calls received back to back that are answered together at most
 RETRY_AFTER_S = 1.0  # an endpoint that refused or dropped a connection is skipped this long
 
 Endpoint = tuple[str, int]
-FrameHandler = Callable[[bytes], Awaitable[bytes]]
+# Payloads of the calls that arrived together -> each one's reply payload, or why it has none.
+FramesHandler = Callable[[list[bytes]], Awaitable[list[bytes | Exception]]]
 
 
 class ChannelError(RuntimeError):
@@ -62,12 +67,55 @@ class _Frames:
         del self._buffer[:start]
         return frames
 
+    @property
+    def partial(self) -> bool:
+        """Whether part of a frame is buffered: its sender is in the middle of sending it."""
+        return bool(self._buffer)
+
+
+def merged_model_calls(decode: Callable[[bytes], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
+                       max_rows: int) -> FramesHandler:
+    """A `FramesHandler` that decodes each call's windows and answers the calls with as few
+    `predict`s as `max_rows` allows (a call larger than that alone). A call that does not decode,
+    or a model call that fails, fails only the calls it carries."""
+
+    async def answer(payloads: list[bytes]) -> list[bytes | Exception]:
+        replies: list[bytes | Exception] = [b""] * len(payloads)
+        groups: list[list[tuple[int, np.ndarray]]] = []
+        rows = 0
+        for i, payload in enumerate(payloads):
+            try:
+                block = decode(payload)
+            except Exception as exc:  # noqa: BLE001 - this call alone is malformed
+                replies[i] = exc
+                continue
+            if not groups or rows + len(block) > max_rows:
+                groups.append([])
+                rows = 0
+            groups[-1].append((i, block))
+            rows += len(block)
+        for group in groups:
+            try:
+                outputs: list[np.ndarray | Exception] = predict_blocks(predict, [block for _, block in group])
+            except Exception as exc:  # noqa: BLE001 - the calls of this model call get the error
+                outputs = [exc] * len(group)
+            for (i, _), output in zip(group, outputs):
+                replies[i] = output if isinstance(output, Exception) else encode(output)
+        return replies
+
+    return answer
+
+
+def _error_message(exc: BaseException) -> bytes:
+    return f"{type(exc).__name__}: {exc}".encode()
+
 
 class _ServerProtocol(asyncio.Protocol):
-    def __init__(self, handler: FrameHandler, server: ChannelServer) -> None:
+    def __init__(self, handler: FramesHandler, server: ChannelServer) -> None:
         self._handler = handler
         self._server = server
         self._frames = _Frames(CALL)
+        self._received: list[tuple[tuple[int, ...], bytes]] = []
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,31 +123,41 @@ class _ServerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames = self._frames.feed(data)
+            self._received += self._frames.feed(data)
         except ValueError:
             self._transport.close()
             return
-        loop = asyncio.get_running_loop()
-        for (call_id, _), payload in frames:
-            loop.create_task(self._answer(call_id, payload))
+        # Calls sent back to back (those queued while the model ran) arrive over several reads:
+        # they are answered together once a read ends between frames. A lone call waits for nothing.
+        if self._received and (not self._frames.partial or len(self._received) >= MAX_MERGED_CALLS):
+            frames, self._received = self._received, []
+            asyncio.get_running_loop().create_task(self._answer([call_id for (call_id, _), _ in frames],
+                                                                [payload for _, payload in frames]))
 
-    async def _answer(self, call_id: int, payload: bytes) -> None:
-        self._server.count(1)
+    async def _answer(self, call_ids: list[int], payloads: list[bytes]) -> None:
+        self._server.count(len(call_ids))
         try:
-            body, status = await self._handler(payload), OK
-        except Exception as exc:  # noqa: BLE001 - the caller gets the message, the replica keeps serving
-            body, status = f"{type(exc).__name__}: {exc}".encode(), FAILED
+            replies = await self._handler(payloads)
+        except Exception as exc:  # noqa: BLE001 - the callers get the message, the replica keeps serving
+            replies = [exc] * len(call_ids)
         finally:
-            self._server.count(-1)
-            self._server.answered += 1
-        if not self._transport.is_closing():
-            self._transport.write(REPLY.pack(call_id, status, len(body)) + body)
+            self._server.count(-len(call_ids))
+            self._server.answered += len(call_ids)
+        if self._transport.is_closing():
+            return
+        out = bytearray()
+        for call_id, reply in zip(call_ids, replies):
+            status, body = (FAILED, _error_message(reply)) if isinstance(reply, Exception) else (OK, reply)
+            out += REPLY.pack(call_id, status, len(body))
+            out += body
+        self._transport.write(out)
 
 
 class ChannelServer:
-    """Serves `handler` (payload bytes -> reply bytes) on a TCP port of `host`."""
+    """Serves `handler` (the payloads of calls that arrived together -> their replies) on a TCP
+    port of `host`."""
 
-    def __init__(self, handler: FrameHandler) -> None:
+    def __init__(self, handler: FramesHandler) -> None:
         self._handler = handler
         self._server: asyncio.Server | None = None
         self.in_flight = 0  # calls being answered now

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ensemble.channel import CALL, ChannelError, ChannelServer, DirectMember, Endpoint, _Frames
+from ensemble.channel import (CALL, OK, REPLY, ChannelError, ChannelServer, DirectMember, Endpoint, FramesHandler, _Frames,
+                              merged_model_calls)
 from ensemble.config import AUTOSCALING_POLICY, AutoscalingSpec
-from ensemble.wire import decode_windows, encode
+from ensemble.wire import decode_predictions, decode_windows, encode
 
 WINDOW, FEATURES = 4, 2
 
@@ -25,15 +26,29 @@ def windows(n: int, start: float = 0.0) -> np.ndarray:
     return (start + np.arange(n * WINDOW * FEATURES, dtype=np.float32)).reshape(n, WINDOW, FEATURES)
 
 
-async def row_sums(payload: bytes) -> bytes:
-    return encode(decode_windows(payload, WINDOW, FEATURES).sum(axis=(1, 2)))
+class RowSums:
+    """A model: each window's sum; counts its calls and their sizes."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.calls.append(len(rows))
+        return rows.sum(axis=(1, 2))
 
 
-def held_until(release: asyncio.Event) -> Callable[[bytes], Awaitable[bytes]]:
+def decode(payload: bytes) -> np.ndarray:
+    return decode_windows(payload, WINDOW, FEATURES)
+
+
+row_sums = merged_model_calls(decode, RowSums(), max_rows=256)
+
+
+def held_until(release: asyncio.Event) -> FramesHandler:
     """A replica whose answers wait for `release`."""
-    async def held(payload: bytes) -> bytes:
+    async def held(payloads: list[bytes]) -> list[bytes | Exception]:
         await release.wait()
-        return await row_sums(payload)
+        return await row_sums(payloads)
     return held
 
 
@@ -69,6 +84,59 @@ def test_concurrent_calls_on_one_connection_each_get_their_own_answer():
     run(scenario())
 
 
+def test_calls_that_arrive_together_share_model_calls_up_to_the_row_limit():
+    model = RowSums()
+    answer = merged_model_calls(decode, model, max_rows=8)
+    blocks = [windows(n, start=n) for n in (3, 4, 2, 9, 1)]
+    replies = run(answer([encode(block) for block in blocks]))
+    assert model.calls == [7, 2, 9, 1]  # 3+4, then 2 (2+9 > 8), 9 alone (over the limit), then 1 (9+1 > 8)
+    for block, reply in zip(blocks, replies):
+        assert np.allclose(decode_predictions(reply, len(block)), block.sum(axis=(1, 2)))
+
+
+def test_a_malformed_call_or_a_failed_model_call_fails_only_its_own_calls():
+    def model(rows: np.ndarray) -> np.ndarray:
+        if len(rows) > 4:
+            raise ValueError("too many")
+        return rows.sum(axis=(1, 2))
+
+    answer = merged_model_calls(decode, model, max_rows=5)
+    replies = run(answer([encode(windows(1)), b"\x00" * 3, encode(windows(2)), encode(windows(5)), encode(windows(1))]))
+    assert [type(reply).__name__ for reply in replies] == ["bytes", "WireError", "bytes", "ValueError", "bytes"]
+    assert np.allclose(decode_predictions(replies[2], 2), windows(2).sum(axis=(1, 2)))
+
+
+def test_calls_received_back_to_back_reach_the_model_together_and_a_lone_call_waits_for_none():
+    async def scenario() -> None:
+        model = RowSums()
+        server = ChannelServer(merged_model_calls(decode, model, max_rows=256))
+        reader, writer = await asyncio.open_connection(*await server.start("127.0.0.1"))
+        blocks = [windows(n, start=n) for n in (2, 3, 4)]
+        stream = b"".join(CALL.pack(i, len(encode(b))) + encode(b) for i, b in enumerate(blocks))
+        cut = CALL.size + len(encode(blocks[0])) + 5  # the first call and a piece of the second
+        writer.write(stream[:cut])
+        await writer.drain()
+        for _ in range(20):  # the server reads the piece on this loop meanwhile
+            await asyncio.sleep(0)
+        assert model.calls == []  # the second call is still arriving: the first waits for it
+        writer.write(stream[cut:])
+        replies = {}
+        for _ in blocks:
+            call_id, status, size = REPLY.unpack(await reader.readexactly(REPLY.size))
+            replies[call_id] = (status, await reader.readexactly(size))
+        assert model.calls == [9]  # one model call for the three
+        for i, block in enumerate(blocks):
+            assert np.allclose(decode_predictions(replies[i][1], len(block)), block.sum(axis=(1, 2)))
+        writer.write(CALL.pack(7, len(encode(blocks[0]))) + encode(blocks[0]))  # alone: answered at once
+        call_id, status, size = REPLY.unpack(await reader.readexactly(REPLY.size))
+        await reader.readexactly(size)
+        assert (call_id, status, model.calls) == (7, OK, [9, 2])
+        writer.close()
+        server.close()
+
+    run(scenario())
+
+
 def test_frames_split_anywhere_in_the_stream_are_reassembled():
     frames = _Frames(CALL)
     stream = b"".join(CALL.pack(i, len(body)) + body for i, body in enumerate([b"abc", b"", b"x" * 1000]))
@@ -77,11 +145,11 @@ def test_frames_split_anywhere_in_the_stream_are_reassembled():
 
 
 def test_a_model_error_reaches_the_caller_and_is_not_retried_elsewhere():
-    async def failing(payload: bytes) -> bytes:
+    def failing(rows: np.ndarray) -> np.ndarray:
         raise ValueError("bad weights")
 
     async def scenario() -> None:
-        server = ChannelServer(failing)
+        server = ChannelServer(merged_model_calls(decode, failing, max_rows=256))
         fallback = Fallback()
         member = DirectMember(fixed(await server.start("127.0.0.1")), fallback)
         with pytest.raises(ChannelError, match="ValueError: bad weights"):
