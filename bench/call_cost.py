@@ -1,11 +1,11 @@
 """What one call to a member costs: a Serve handle call, HTTP through Serve's ingress, the direct channel.
 
-`python -m bench.call_cost [--rows N] [--seconds S]`, run with the ingress settings to compare
-(`make serve`'s are `RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`). One local
-Ray, one replica of xgboost v1 as the project deploys a member application
-(`graphs.ensemble:build_member`, 0.2 CPU), reached three ways, in turn, twice each, with two
-calls in flight for S seconds: its `predict` method through a `DeploymentHandle` (pickled numpy
-over Serve's gRPC); its `/members/xgboost-v1` route through Serve's ingress (`ensemble.wire`
+`python -m bench.call_cost [--rows N] [--seconds S] [--in-flight K]`, run with the ingress
+settings to compare (`make serve`'s are `RAY_SERVE_ENABLE_HA_PROXY=1
+RAY_SERVE_THROUGHPUT_OPTIMIZED=1`). One local Ray, one replica of xgboost v1 as the project
+deploys a member application (`graphs.ensemble:build_member`, 0.2 CPU), reached three ways, in
+turn, twice each, with K calls in flight (two by default) for S seconds: its `predict` method
+through a `DeploymentHandle` (pickled numpy over Serve's gRPC); its `/members/xgboost-v1` route through Serve's ingress (`ensemble.wire`
 bodies, aiohttp, keep-alive); and its direct channel (`ensemble.channel`, the replica chosen by
 Serve's request router), as the router does. CPU seconds of the caller, the replica and HAProxy
 are divided by the calls answered.
@@ -48,11 +48,11 @@ def _cpu_seconds() -> dict[int, tuple[str, float]]:
     return seconds
 
 
-async def _measure(call: Callable[[], Awaitable], seconds: float) -> dict[str, float]:
+async def _measure(call: Callable[[], Awaitable], seconds: float, in_flight: int) -> dict[str, float]:
     for _ in range(30):  # warm the connection and the replica
         await call()
     before = _cpu_seconds()
-    calls, elapsed = await drive(call, seconds, in_flight=2)
+    calls, elapsed = await drive(call, seconds, in_flight)
     after = _cpu_seconds()
     result = {"calls_per_s": round(calls / elapsed, 1), "ms_per_call": round(1000 * elapsed / calls, 3)}
     for pid, (role, cpu) in after.items():
@@ -62,7 +62,7 @@ async def _measure(call: Callable[[], Awaitable], seconds: float) -> dict[str, f
     return result
 
 
-async def _compare(rows: int, seconds: float) -> dict[str, list[dict[str, float]]]:
+async def _compare(rows: int, seconds: float, in_flight: int) -> dict[str, list[dict[str, float]]]:
     import aiohttp
 
     from models.data import sample_windows
@@ -75,9 +75,9 @@ async def _compare(rows: int, seconds: float) -> dict[str, list[dict[str, float]
         member = HttpMember(session, f"http://127.0.0.1:{PORT}{member_route(MODEL, VERSION)}")  # the router's client
         direct = direct_member(handle)
         for _ in range(2):
-            results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds))
-            results["http"].append(await _measure(lambda: member.predict(windows), seconds))
-            results["direct"].append(await _measure(lambda: direct.predict(windows), seconds))
+            results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds, in_flight))
+            results["http"].append(await _measure(lambda: member.predict(windows), seconds, in_flight))
+            results["direct"].append(await _measure(lambda: direct.predict(windows), seconds, in_flight))
         direct.close()
     # On this loop: the handle's router runs here under RAY_SERVE_THROUGHPUT_OPTIMIZED.
     await serve.shutdown_async()
@@ -88,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1, help="windows per call")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--in-flight", type=int, default=2, help="calls kept outstanding")
     opts = parser.parse_args()
 
     import ray
@@ -98,9 +99,9 @@ def main() -> None:
         member = build_member(MemberAppArgs(model_root=str(REPO / "model_repo"), model=MODEL, version=VERSION,
                                             num_cpus=0.2))
         serve.run(member, name=deployment_name(MODEL, VERSION), route_prefix=member_route(MODEL, VERSION))
-        results = asyncio.run(_compare(opts.rows, opts.seconds))
+        results = asyncio.run(_compare(opts.rows, opts.seconds, opts.in_flight))
         env = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
-        print(json.dumps({"rows": opts.rows, "env": env, **results}, indent=1))
+        print(json.dumps({"rows": opts.rows, "in_flight": opts.in_flight, "env": env, **results}, indent=1))
     finally:
         serve.shutdown()
         ray.shutdown()
