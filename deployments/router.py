@@ -159,10 +159,11 @@ class MemberMetrics:
 
 
 async def chosen_channel(handle: DeploymentHandle) -> Endpoint | None:
-    """The direct channel of the replica Serve's request router chooses for the next call.
+    """The direct channel of the replica Serve's request router chooses now (`DirectMember` asks
+    this to learn the replicas, not per call).
 
     Pick-only (`_reserve=False`, as Serve's own HAProxy ingress picks): reserving a slot costs
-    two actor calls per member call, more than the call the channel saves.
+    two actor calls per choice.
     """
     async with handle.choose_replica(_reserve=False) as selection:
         channel = selection.replica_metadata.get("channel")

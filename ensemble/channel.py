@@ -15,6 +15,8 @@ and task of `serve.batch` (a third of the replica's CPU per one-row call; BENCHM
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -24,12 +26,15 @@ import numpy as np
 from ensemble.batching import predict_blocks
 from ensemble.wire import decode_predictions, encode
 
+logger = logging.getLogger(__name__)
 CALL = struct.Struct("<II")
 REPLY = struct.Struct("<IBI")
 OK, FAILED = 0, 1
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 MAX_MERGED_CALLS = 64  # calls received back to back that are answered together at most
 RETRY_AFTER_S = 1.0  # an endpoint that refused or dropped a connection is skipped this long
+REFRESH_S = 0.1  # how often a caller asks Serve's request router for a replica
+FORGET_AFTER = 30  # refreshes without Serve choosing a replica after which a caller forgets it
 
 Endpoint = tuple[str, int]
 # Payloads of the calls that arrived together -> each one's reply payload, or why it has none.
@@ -202,6 +207,11 @@ class ChannelConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
+    @property
+    def in_flight(self) -> int:
+        """Calls sent on this connection and not answered yet."""
+        return len(self._pending)
+
     def data_received(self, data: bytes) -> None:
         try:
             frames = self._frames.feed(data)
@@ -246,22 +256,65 @@ class ChannelConnection(asyncio.Protocol):
 
 
 class DirectMember:
-    """Calls one member version over the direct channel of the replica that `choose` names.
+    """Calls one member version over the direct channels of its replicas.
 
-    `choose` is Serve's own replica choice (its request router, over the replicas it knows to
-    be running), so placement, load balancing and replacement stay Serve's. When the chosen
-    replica has no channel, cannot be reached, or its connection is lost mid-call, the call
-    goes through `fallback` (Serve's own path): a replica that dies costs a detour, never a
-    failed answer.
+    Which replicas there are is Serve's word: `choose` asks Serve's own request router for a
+    replica (over those it knows to be running and healthy), at most once per `refresh_s` and in
+    the background, since one choice costs the router about 0.7 CPU ms, five times a channel call
+    (BENCHMARKS.md). A replica Serve has not chosen in `forget_after` refreshes is forgotten. Each
+    call goes to the known replica with the fewest of this caller's calls in flight (ties at
+    random), so placement and replacement stay Serve's while the balancing sees the calls Serve
+    does not. When no replica has a reachable channel, or a connection is lost mid-call, the call
+    goes through `fallback` (Serve's own path): a replica that dies costs a detour, never a failed
+    answer.
     """
 
     def __init__(self, choose: Callable[[], Awaitable[Endpoint | None]],
-                 fallback: Callable[[np.ndarray], Awaitable[np.ndarray]]) -> None:
+                 fallback: Callable[[np.ndarray], Awaitable[np.ndarray]],
+                 refresh_s: float = REFRESH_S, forget_after: int = FORGET_AFTER) -> None:
         self._choose = choose
         self._fallback = fallback
+        self._refresh_s = refresh_s
+        self._forget_after = forget_after
+        self._chosen: dict[Endpoint, int] = {}  # replica -> the refresh in which Serve last chose it
+        self._refreshes = 0
+        self._refresh_due = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
         self._connections: dict[Endpoint, ChannelConnection] = {}
         self._connecting: dict[Endpoint, asyncio.Task[ChannelConnection]] = {}
         self._skip_until: dict[Endpoint, float] = {}
+
+    async def _refresh(self) -> None:
+        try:
+            endpoint = await self._choose()
+        except Exception:  # noqa: BLE001 - keep the replicas known so far; the next refresh asks again
+            logger.warning("could not ask Serve for a replica", exc_info=True)
+            return
+        finally:
+            self._refreshing = None
+        self._refreshes += 1
+        if endpoint is not None:
+            self._chosen[endpoint] = self._refreshes
+        for known, when in list(self._chosen.items()):
+            if self._refreshes - when > self._forget_after:
+                del self._chosen[known]
+
+    async def _endpoint(self) -> Endpoint | None:
+        now = time.monotonic()
+        if now >= self._refresh_due and self._refreshing is None:
+            self._refresh_due = now + self._refresh_s
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        if not self._chosen and self._refreshing is not None:
+            await asyncio.shield(self._refreshing)  # the first call waits for Serve's first answer
+        best, best_load = None, (0, 0.0)
+        for endpoint in self._chosen:
+            if self._skip_until.get(endpoint, 0.0) > now:
+                continue
+            connection = self._connections.get(endpoint)
+            load = (0 if connection is None else connection.in_flight, random.random())
+            if best is None or load < best_load:
+                best, best_load = endpoint, load
+        return best
 
     async def _connection(self, endpoint: Endpoint) -> ChannelConnection | None:
         connection = self._connections.get(endpoint)
@@ -283,7 +336,7 @@ class DirectMember:
         return connection
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
-        endpoint = await self._choose()
+        endpoint = await self._endpoint()
         connection = None if endpoint is None else await self._connection(endpoint)
         if connection is None:
             return await self._fallback(windows)
@@ -300,3 +353,5 @@ class DirectMember:
             connection.close()
         for task in self._connecting.values():
             task.cancel()
+        if self._refreshing is not None:
+            self._refreshing.cancel()

@@ -173,9 +173,9 @@ class RouterSpec(ReplicaSpec):
 
     direct_channel: bool = Field(
         True,
-        description="Send member calls over each replica's direct channel (framed float32 over TCP; Serve still "
-        "chooses the replica), which costs a fifth of an HTTP call's CPU in the router; member_transport is then "
-        "the path for a replica without a reachable channel.",
+        description="Send member calls over the replicas' direct channels (framed float32 over TCP to the replicas "
+        "Serve's request router names), which cost the router and the replica a fraction of an HTTP call's CPU; "
+        "member_transport is then the path when no replica has a reachable channel.",
     )
 
     def calls_over_http(self, environ: Mapping[str, str]) -> bool:

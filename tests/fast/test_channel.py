@@ -84,6 +84,75 @@ def test_concurrent_calls_on_one_connection_each_get_their_own_answer():
     run(scenario())
 
 
+class Choices:
+    """Serve's request router, as a DirectMember sees it: each answer in turn, the last one after."""
+
+    def __init__(self, *endpoints: Endpoint | None) -> None:
+        self.endpoints = endpoints
+        self.asked = 0
+
+    async def __call__(self) -> Endpoint | None:
+        self.asked += 1
+        return self.endpoints[min(self.asked, len(self.endpoints)) - 1]
+
+
+def test_serve_is_asked_for_a_replica_once_per_refresh_not_once_per_call():
+    async def scenario() -> None:
+        server = ChannelServer(row_sums)
+        choices = Choices(await server.start("127.0.0.1"))
+        member = DirectMember(choices, Fallback(), refresh_s=3600.0)
+        for n in range(1, 31):
+            assert np.allclose(await member.predict(windows(n)), windows(n).sum(axis=(1, 2)))
+        assert (choices.asked, server.answered) == (1, 30)
+        member.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_each_call_goes_to_the_known_replica_with_the_fewest_calls_in_flight():
+    async def scenario() -> None:
+        release = asyncio.Event()
+        held, free = ChannelServer(held_until(release)), ChannelServer(row_sums)
+        choices = Choices(await held.start("127.0.0.1"), await free.start("127.0.0.1"))
+        member = DirectMember(choices, Fallback(), refresh_s=0.0)
+        release.set()
+        while choices.asked < 2:  # until Serve has named both replicas
+            await member.predict(windows(1))
+        release.clear()
+        before = (held.answered, free.answered)
+        calls = [asyncio.ensure_future(member.predict(windows(2))) for _ in range(2)]
+        while held.in_flight + free.answered - before[1] < 2:  # one stalls, the other is answered
+            await asyncio.sleep(0.001)
+        release.set()
+        await asyncio.gather(*calls)
+        assert (held.answered - before[0], free.answered - before[1]) == (1, 1)
+        member.close()
+        held.close()
+        free.close()
+
+    run(scenario())
+
+
+def test_a_replica_serve_stops_choosing_is_forgotten():
+    async def scenario() -> None:
+        old, new = ChannelServer(row_sums), ChannelServer(row_sums)
+        choices = Choices(await old.start("127.0.0.1"), await new.start("127.0.0.1"))
+        member = DirectMember(choices, Fallback(), refresh_s=0.0, forget_after=2)
+        for _ in range(100):
+            await member.predict(windows(1))
+            if choices.asked > 4:  # Serve named only the new replica in the last three refreshes
+                break
+        answered = old.answered
+        await asyncio.gather(*(member.predict(windows(1)) for _ in range(10)))
+        assert old.answered == answered
+        member.close()
+        old.close()
+        new.close()
+
+    run(scenario())
+
+
 def test_calls_that_arrive_together_share_model_calls_up_to_the_row_limit():
     model = RowSums()
     answer = merged_model_calls(decode, model, max_rows=8)
