@@ -260,13 +260,13 @@ class DirectMember:
 
     Which replicas there are is Serve's word: `choose` asks Serve's own request router for a
     replica (over those it knows to be running and healthy), at most once per `refresh_s` and in
-    the background, since one choice costs the router about 0.7 CPU ms, five times a channel call
-    (BENCHMARKS.md). A replica Serve has not chosen in `forget_after` refreshes is forgotten. Each
-    call goes to the known replica with the fewest of this caller's calls in flight (ties at
-    random), so placement and replacement stay Serve's while the balancing sees the calls Serve
-    does not. When no replica has a reachable channel, or a connection is lost mid-call, the call
-    goes through `fallback` (Serve's own path): a replica that dies costs a detour, never a failed
-    answer.
+    the background: a choice per call cost the router half a channel call's CPU under `make
+    serve`'s settings and four to five times one under Ray's defaults (BENCHMARKS.md). A replica
+    Serve has not chosen in `forget_after` refreshes is forgotten. Each call goes to the known
+    replica with the fewest of this caller's calls in flight (ties at random), so placement and
+    replacement stay Serve's while the balancing sees the calls Serve does not. When no replica
+    has a reachable channel, or a connection is lost mid-call, the call goes through `fallback`
+    (Serve's own path): a replica that dies costs a detour, never a failed answer.
     """
 
     def __init__(self, choose: Callable[[], Awaitable[Endpoint | None]],
