@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
 
@@ -61,29 +61,6 @@ class Fallback:
         return np.full(len(rows), -1.0, dtype=np.float32)
 
 
-def fixed(endpoint: Endpoint | None) -> Callable[[], Awaitable[Endpoint | None]]:
-    async def choose() -> Endpoint | None:
-        return endpoint
-    return choose
-
-
-def test_concurrent_calls_on_one_connection_each_get_their_own_answer():
-    async def scenario() -> None:
-        server = ChannelServer(row_sums)
-        endpoint = await server.start("127.0.0.1")
-        fallback = Fallback()
-        member = DirectMember(fixed(endpoint), fallback)
-        blocks = [windows(n, start=10.0 * n) for n in (1, 3, 64, 2, 7)] * 4
-        answers = await asyncio.gather(*(member.predict(block) for block in blocks))
-        for block, answer in zip(blocks, answers):
-            assert np.allclose(answer, block.sum(axis=(1, 2)))
-        assert fallback.calls == 0
-        member.close()
-        server.close()
-
-    run(scenario())
-
-
 class Choices:
     """Serve's request router, as a DirectMember sees it: each answer in turn, the last one after."""
 
@@ -94,6 +71,23 @@ class Choices:
     async def __call__(self) -> Endpoint | None:
         self.asked += 1
         return self.endpoints[min(self.asked, len(self.endpoints)) - 1]
+
+
+def test_concurrent_calls_on_one_connection_each_get_their_own_answer():
+    async def scenario() -> None:
+        server = ChannelServer(row_sums)
+        endpoint = await server.start("127.0.0.1")
+        fallback = Fallback()
+        member = DirectMember(Choices(endpoint), fallback)
+        blocks = [windows(n, start=10.0 * n) for n in (1, 3, 64, 2, 7)] * 4
+        answers = await asyncio.gather(*(member.predict(block) for block in blocks))
+        for block, answer in zip(blocks, answers):
+            assert np.allclose(answer, block.sum(axis=(1, 2)))
+        assert fallback.calls == 0
+        member.close()
+        server.close()
+
+    run(scenario())
 
 
 def test_serve_is_asked_for_a_replica_once_per_refresh_not_once_per_call():
@@ -220,7 +214,7 @@ def test_a_model_error_reaches_the_caller_and_is_not_retried_elsewhere():
     async def scenario() -> None:
         server = ChannelServer(merged_model_calls(decode, failing, max_rows=256))
         fallback = Fallback()
-        member = DirectMember(fixed(await server.start("127.0.0.1")), fallback)
+        member = DirectMember(Choices(await server.start("127.0.0.1")), fallback)
         with pytest.raises(ChannelError, match="ValueError: bad weights"):
             await member.predict(windows(2))
         assert fallback.calls == 0
@@ -233,12 +227,12 @@ def test_a_model_error_reaches_the_caller_and_is_not_retried_elsewhere():
 def test_no_channel_or_an_unreachable_one_goes_through_serves_path():
     async def scenario() -> None:
         fallback = Fallback()
-        assert (await DirectMember(fixed(None), fallback).predict(windows(3))).tolist() == [-1.0] * 3
+        assert (await DirectMember(Choices(None), fallback).predict(windows(3))).tolist() == [-1.0] * 3
         server = ChannelServer(row_sums)
         endpoint = await server.start("127.0.0.1")
         server.close()
         await server._server.wait_closed()
-        unreachable = DirectMember(fixed(endpoint), fallback)
+        unreachable = DirectMember(Choices(endpoint), fallback)
         assert (await unreachable.predict(windows(2))).tolist() == [-1.0] * 2
         await unreachable.predict(windows(2))  # skipped for RETRY_AFTER_S, not reconnected
         assert fallback.calls == 3
@@ -252,7 +246,7 @@ def test_a_connection_lost_mid_call_sends_the_call_through_serves_path():
         server = ChannelServer(held_until(stall))
         endpoint = await server.start("127.0.0.1")
         fallback = Fallback()
-        member = DirectMember(fixed(endpoint), fallback)
+        member = DirectMember(Choices(endpoint), fallback)
         call = asyncio.ensure_future(member.predict(windows(2)))
         while server.in_flight == 0:  # the call reached the replica
             await asyncio.sleep(0.001)
@@ -270,7 +264,7 @@ def test_a_call_given_up_at_its_deadline_leaves_the_connection_usable():
     async def scenario() -> None:
         release = asyncio.Event()
         server = ChannelServer(held_until(release))
-        member = DirectMember(fixed(await server.start("127.0.0.1")), Fallback())
+        member = DirectMember(Choices(await server.start("127.0.0.1")), Fallback())
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await member.predict(windows(1))
@@ -288,7 +282,7 @@ def test_the_replica_reports_its_mean_calls_in_flight_since_the_last_report():
     async def scenario() -> None:
         release = asyncio.Event()
         server = ChannelServer(held_until(release))
-        member = DirectMember(fixed(await server.start("127.0.0.1")), Fallback())
+        member = DirectMember(Choices(await server.start("127.0.0.1")), Fallback())
         server.mean_in_flight()
         calls = [asyncio.ensure_future(member.predict(windows(1))) for _ in range(2)]
         while server.in_flight < 2:
