@@ -10,7 +10,8 @@ Frames: a call is `<call id u32><payload bytes u32>` then `ensemble.wire` window
 message. Calls on one connection are answered in any order. The calls that arrive back to back
 (those sent while the replica was busy) go to the handler together, and `merged_model_calls`
 answers them with one model call: the member's batching, without the per-call queue, futures
-and task of `serve.batch` (a third of the replica's CPU per one-row call; BENCHMARKS.md).
+and task of `serve.batch` (a fifth to a quarter of the replica's CPU per one-row call, about
+half per 64-row call; BENCHMARKS.md).
 """
 from __future__ import annotations
 
