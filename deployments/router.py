@@ -37,7 +37,6 @@ from deployments.member_http import HttpMember
 from deployments.openapi import json_body
 
 logger = logging.getLogger("ray.serve")
-LOG_FLUSH_S = 0.05  # how often predictions go to the control plane's log
 LOG_BUFFER_ROWS = 100_000  # beyond this (control plane down) the oldest unsent rows are dropped
 POLL_WAIT_S = 5.0
 
@@ -262,7 +261,7 @@ class EnsembleRouter:
 
     async def _ship_log(self) -> None:
         while True:
-            await asyncio.sleep(LOG_FLUSH_S)
+            await asyncio.sleep(self.args.router.log_flush_s)
             await self._flush_log()
 
     async def _flush_log(self) -> None:
