@@ -39,6 +39,7 @@ from deployments.openapi import json_body
 logger = logging.getLogger("ray.serve")
 LOG_BUFFER_ROWS = 100_000  # beyond this (control plane down) the oldest unsent rows are dropped
 POLL_WAIT_S = 5.0
+FINAL_FLUSH_S = 2.0  # bounds a stopping replica's last shipment: with the whole app stopping, the control plane may be gone
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 413, 422, 503)}
 ADMIN_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 409, 422)}
@@ -234,11 +235,21 @@ class EnsembleRouter:
         self._log_rows: list[PredictionRow] = []
         self._shadow_rows: list[PredictionRow] = []
         self._calls = CallStats()
+        # One shipment at a time, so that a flush awaited by feedback or by __del__ returns only
+        # once every row taken before it has reached the control plane.
+        self._shipping = asyncio.Lock()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
 
     async def __del__(self) -> None:
-        # Serve awaits this when the replica stops: close the member connections cleanly.
+        # Serve awaits this when the replica stops (scale-down, redeploy, shutdown), after its
+        # requests have drained: ship the predictions not yet shipped, so that their labels still
+        # join, then close the member connections cleanly.
+        if hasattr(self, "_shipping"):  # absent if __init__ failed early
+            try:
+                await asyncio.wait_for(self._flush_log(), FINAL_FLUSH_S)
+            except TimeoutError:
+                logger.warning("control plane unreachable while stopping: the predictions not yet shipped are not logged")
         for direct in getattr(self, "_direct", ()):  # absent if __init__ failed early
             direct.close()
         session = getattr(self, "_session", None)
@@ -265,6 +276,10 @@ class EnsembleRouter:
             await self._flush_log()
 
     async def _flush_log(self) -> None:
+        async with self._shipping:
+            await self._ship()
+
+    async def _ship(self) -> None:
         self.metrics.publish()
         rows, self._log_rows = self._log_rows, []
         shadow_rows, self._shadow_rows = self._shadow_rows, []

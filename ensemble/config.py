@@ -195,10 +195,11 @@ class RouterSpec(ReplicaSpec):
         1024, ge=1, description="Mirrored rows queued or in flight per shadow version; beyond it they are dropped and counted."
     )
     log_flush_s: float = Field(
-        0.25, gt=0, le=10,
+        0.25, gt=0, le=60,
         description="Seconds between shipments of a router replica's predictions, call statistics and metrics to "
         "the control plane: each costs the router a handle call and the control plane a commit. Feedback ships its "
-        "own router replica's predictions first, so a label sent right after its prediction still joins.",
+        "own router replica's predictions first, so a label sent right after its prediction still joins; a replica "
+        "that stops ships what it holds.",
     )
 
 

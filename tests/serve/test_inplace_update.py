@@ -1,9 +1,11 @@
-"""Declarative deploys with member applications: adding a version leaves the other members running."""
+"""Declarative deploys with member applications: adding a version leaves the other members
+running, and router replicas that a deploy stops ship their predictions first."""
 from __future__ import annotations
 
 import httpx
 import numpy as np
 import pytest
+import ray
 from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
@@ -15,12 +17,13 @@ TINY = {"num_cpus": 0.05}  # the session's other apps hold most of Ray's 2 logic
 
 
 def config(model_root: str, state_url: str, versions: dict[str, list[str]], name: str = "inplace",
-           member_url: str | None = None) -> dict:
+           member_url: str | None = None, router: dict | None = None) -> dict:
     """What a Serve YAML with member applications holds, as `serve deploy` sends it.
 
-    With `member_url`, the router calls the members over HTTP at their route prefixes.
+    With `member_url`, the router calls the members over HTTP at their route prefixes; `router`
+    adds to the router's settings.
     """
-    router = {**TINY, "member_url": member_url, "member_transport": "http"} if member_url else TINY
+    router = {**TINY, **({"member_url": member_url, "member_transport": "http"} if member_url else {}), **(router or {})}
     ensemble = {
         "name": name, "route_prefix": f"/{name}", "import_path": ENSEMBLE_IMPORT_PATH,
         "args": {"model_root": model_root, "member_apps": True, "state": {"url": state_url},
@@ -83,4 +86,37 @@ def test_members_called_over_http_answer_and_keep_running_across_a_deploy(client
         assert pids(client, "viahttp")["xgboost-v1"] == before["xgboost-v1"]
     finally:
         for app in ("viahttp", "xgboost-v1", "xgboost-v2"):
+            serve.delete(app)
+
+
+def router_replicas(app: str) -> set[str]:
+    """Names of the router replicas' actors alive now."""
+    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith(f"SERVE_REPLICA::{app}#EnsembleRouter#")}
+
+
+def test_router_replicas_that_stop_ship_their_predictions_first(client: httpx.Client, serve_session):
+    root, state = str(serve_session.model_root), serve_session.state_url.replace("ensemble.db", "replaced.db")
+    # No shipment on the clock while the test runs: the predictions below stay in the router
+    # replicas that made them until those stop.
+    router = {"num_replicas": 2, "log_flush_s": 60}
+    deploy(config(root, state, {"xgboost": ["v1"]}, "replaced", router=router))
+    try:
+        wait_until(lambda: client.get("/replaced/readyz").status_code == 200, 120, "two routers ready")
+        old = router_replicas("replaced")
+        assert len(old) == 2
+        ids = [f"rp-{i}" for i in range(40)]
+        for rid in ids:
+            answer = client.post("/replaced/v1/predict", json={"window": [[100.0] * 8] * 128, "request_id": rid})
+            assert answer.status_code == 200
+        # A new CPU request replaces both router replicas; the control plane keeps running.
+        deploy(config(root, state, {"xgboost": ["v1"]}, "replaced", router={**router, "num_cpus": 0.06}))
+        wait_until(lambda: not old & router_replicas("replaced") and len(router_replicas("replaced")) == 2, 120,
+                   "both router replicas replaced")
+        # Had the stopped replicas not shipped their predictions, these labels would wait (pending)
+        # for rows that never come.
+        report = client.post("/replaced/v1/feedback", json={"items": [{"request_id": r, "actual": 1.0} for r in ids]})
+        assert report.json()["applied"] == len(ids), report.json()
+    finally:
+        for app in ("replaced", "xgboost-v1"):
             serve.delete(app)
