@@ -89,6 +89,13 @@ done
 printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[%s]==]\n' "$body" >"$WORK/post.lua"
 ip netns exec $A wrk -t2 -c64 -d10s --latency -s "$WORK/post.lua" http://127.0.0.1:8000/v1/predict \
   | grep -E 'Requests/sec|^ +(50|99)%|Non-2xx|Socket errors' | sed 's/^ */wrk 64 connections through node A: /'
+# Whether the router reached each member over its direct channel, wherever the member runs.
+ip netns exec $A curl -s -m 10 http://127.0.0.1:8000/v1/members | "$BIN/python" -c '
+import json, sys
+for model, spec in json.load(sys.stdin).items():
+    for version, info in spec["versions"].items():
+        channel, calls = info.get("channel"), info.get("channel_calls")
+        print(f"member {model}-{version}: channel {channel}, calls answered over it {calls}")'
 
 echo "killing node B (every process in its namespace) 5 s into a 60 s probe through node A"
 (sleep 5; kill_node $B) &
