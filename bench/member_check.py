@@ -101,6 +101,7 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
     over the replica's channel with the router's own `DirectMember`, which here may not fall back."""
     import aiohttp
     from ray import serve
+    from ray.serve.context import _get_global_client
 
     from deployments.member_http import HttpMember
 
@@ -121,6 +122,9 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
                     await calls[transport]()
                     results[label][name] = _rate(*await drive(calls[transport], seconds, in_flight))
                 direct.close()
+        # The handles' routers run on this loop, which closes on return: shut them down now, or
+        # serve.shutdown() would try to on the closed loop (RuntimeError: Event loop is closed).
+        await _get_global_client().shutdown_cached_handles_async()
         return results
 
     return asyncio.run(measure())
