@@ -29,7 +29,6 @@ from ensemble.channel import DirectMember, Endpoint
 from ensemble.config import GraphArgs, deployment_name, member_route
 from ensemble.fanout import CallOutcome, EnsemblePredictor, ShadowOutcome
 from ensemble.ledger import PredictionRow
-from ensemble.niceness import set_niceness
 from ensemble.rollout import CallStats
 from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Prediction, PredictRequest, RolloutStart
 from ensemble.traffic_control import TrafficChange
@@ -179,10 +178,6 @@ class EnsembleRouter:
         self.args = GraphArgs.model_validate(args)
         self.control = control
         router = self.args.router
-        if router.nice is not None:
-            refused = set_niceness(router.nice)
-            if refused:
-                logger.info("router keeps niceness %d: %s", os.getpriority(os.PRIO_PROCESS, 0), refused)
         # A name instead of a handle: that version is its own application (GraphArgs.member_apps),
         # which may still be deploying; /readyz says so until it answers.
         handles = {

@@ -194,13 +194,6 @@ class RouterSpec(ReplicaSpec):
     max_shadow_rows: int = Field(
         1024, ge=1, description="Mirrored rows queued or in flight per shadow version; beyond it they are dropped and counted."
     )
-    nice: int | None = Field(
-        0, ge=-20, le=19,
-        description="Scheduling niceness of the router replica's threads; null keeps Ray's (it starts every worker at "
-        "15). On a busy machine the router bounds throughput, and at Ray's 15 it yields its core to the members as often "
-        "as they wake; at 0 it made a tenth more answers per second on two cores (BENCHMARKS.md). Below the worker's "
-        "niceness (15) needs CAP_SYS_NICE (root has it); without it the router keeps Ray's and logs why.",
-    )
     log_flush_s: float = Field(
         0.25, gt=0, le=60,
         description="Seconds between shipments of a router replica's predictions, call statistics and metrics to "
