@@ -208,11 +208,6 @@ class ChannelConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
-    @property
-    def in_flight(self) -> int:
-        """Calls sent on this connection and not answered yet."""
-        return len(self._pending)
-
     def data_received(self, data: bytes) -> None:
         try:
             frames = self._frames.feed(data)
@@ -284,6 +279,9 @@ class DirectMember:
         self._connections: dict[Endpoint, ChannelConnection] = {}
         self._connecting: dict[Endpoint, asyncio.Task[ChannelConnection]] = {}
         self._skip_until: dict[Endpoint, float] = {}
+        # This caller's calls per replica, counted from the choice rather than the send: calls still
+        # waiting for a connection are in flight too, or concurrent first calls would pick one replica.
+        self._in_flight: dict[Endpoint, int] = {}
 
     async def _refresh(self) -> None:
         try:
@@ -311,8 +309,7 @@ class DirectMember:
         for endpoint in self._chosen:
             if self._skip_until.get(endpoint, 0.0) > now:
                 continue
-            connection = self._connections.get(endpoint)
-            load = (0 if connection is None else connection.in_flight, random.random())
+            load = (self._in_flight.get(endpoint, 0), random.random())
             if best is None or load < best_load:
                 best, best_load = endpoint, load
         return best
@@ -338,16 +335,28 @@ class DirectMember:
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
         endpoint = await self._endpoint()
-        connection = None if endpoint is None else await self._connection(endpoint)
-        if connection is None:
-            return await self._fallback(windows)
-        try:
-            body = await connection.call(encode(windows))
-        except ChannelLost:
-            self._connections.pop(endpoint, None)
-            self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
+        body = None if endpoint is None else await self._call(endpoint, windows)
+        if body is None:
             return await self._fallback(windows)
         return decode_predictions(body, len(windows))
+
+    async def _call(self, endpoint: Endpoint, windows: np.ndarray) -> bytes | None:
+        """The reply of the replica at `endpoint`, or None when its channel cannot carry the call."""
+        self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
+        try:
+            connection = await self._connection(endpoint)
+            if connection is None:
+                return None
+            try:
+                return await connection.call(encode(windows))
+            except ChannelLost:
+                self._connections.pop(endpoint, None)
+                self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
+                return None
+        finally:
+            left = self._in_flight.pop(endpoint) - 1
+            if left:
+                self._in_flight[endpoint] = left
 
     def close(self) -> None:
         for connection in self._connections.values():

@@ -104,6 +104,25 @@ def test_serve_is_asked_for_a_replica_once_per_refresh_not_once_per_call():
     run(scenario())
 
 
+def test_calls_waiting_for_a_connection_count_as_in_flight():
+    async def scenario() -> None:
+        first, second = ChannelServer(row_sums), ChannelServer(row_sums)
+        choices = Choices(await first.start("127.0.0.1"), await second.start("127.0.0.1"))
+        member = DirectMember(choices, Fallback(), refresh_s=0.0)
+        while choices.asked < 2:  # Serve names the second replica while the first answers
+            await member.predict(windows(1))
+        # Connected to the first only: the calls sent to the second wait for its connection, and
+        # the calls after them must see those as in flight.
+        before = (first.answered, second.answered)
+        await asyncio.gather(*(member.predict(windows(1)) for _ in range(8)))
+        assert (first.answered - before[0], second.answered - before[1]) == (4, 4)
+        member.close()
+        first.close()
+        second.close()
+
+    run(scenario())
+
+
 def test_each_call_goes_to_the_known_replica_with_the_fewest_calls_in_flight():
     async def scenario() -> None:
         release = asyncio.Event()
