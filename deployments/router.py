@@ -39,7 +39,11 @@ from deployments.openapi import json_body
 logger = logging.getLogger("ray.serve")
 LOG_BUFFER_ROWS = 100_000  # beyond this (control plane down) the oldest unsent rows are dropped
 POLL_WAIT_S = 5.0
-FINAL_FLUSH_S = 2.0  # bounds a stopping replica's last shipment: with the whole app stopping, the control plane may be gone
+# Bounds a stopping replica's last shipment. A deploy that changes the ensemble application's
+# arguments restarts its control plane beside the routers (Serve versions every deployment of an
+# application by its arguments), and the shipment waits for the new one: 2 s after the old one
+# stopped, in a test run on two cores. With the whole application stopping it waits in vain.
+FINAL_FLUSH_S = 10.0
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 413, 422, 503)}
 ADMIN_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 409, 422)}

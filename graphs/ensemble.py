@@ -83,10 +83,6 @@ def build_app(args: GraphArgs) -> Application:
         for model, spec in args.members.items()
     }
     config = args.model_dump(mode="json")
-    # The control plane is bound without the router's settings, so that a config changing only
-    # them (replicas, deadline) leaves it running, and stopping router replicas can ship it their
-    # last predictions.
-    control = ControlPlane.bind(args.model_dump(mode="json", exclude={"router"}))
     return EnsembleRouter.options(**_deployment_options(args.router)).bind(
-        config, members, input_contract(args), control
+        config, members, input_contract(args), ControlPlane.bind(config)
     )

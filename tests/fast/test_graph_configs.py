@@ -122,15 +122,3 @@ def test_member_transport_over_http_needs_member_apps_and_their_routes():
     with pytest.raises(ValueError, match="needs route_prefix /members/"):
         single_application(config)
 
-
-def test_router_settings_do_not_reach_the_control_plane(tiny_repo: Path):
-    """A config changing only the router must leave the control plane's deployment as it was
-    (Serve restarts a deployment whose arguments change)."""
-    config = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())
-    args = {**single_application(config).model_dump(mode="json"), "model_root": str(tiny_repo)}
-
-    def control_plane_args(router: dict) -> tuple:
-        app = build_app(GraphArgs.model_validate({**args, "router": {**args["router"], **router}}))
-        return app._bound_deployment.init_args[3]._bound_deployment.init_args
-
-    assert control_plane_args({}) == control_plane_args({"num_replicas": 3, "deadline_s": 0.2})

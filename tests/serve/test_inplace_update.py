@@ -109,7 +109,8 @@ def test_router_replicas_that_stop_ship_their_predictions_first(client: httpx.Cl
         for rid in ids:
             answer = client.post("/replaced/v1/predict", json={"window": [[100.0] * 8] * 128, "request_id": rid})
             assert answer.status_code == 200
-        # A new CPU request replaces both router replicas; the control plane keeps running.
+        # A new CPU request replaces both router replicas, and with the application's arguments
+        # changed, Serve restarts the control plane beside them.
         deploy(config(root, state, {"xgboost": ["v1"]}, "replaced", router={**router, "num_cpus": 0.06}))
         wait_until(lambda: not old & router_replicas("replaced") and len(router_replicas("replaced")) == 2, 120,
                    "both router replicas replaced")
