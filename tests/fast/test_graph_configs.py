@@ -121,4 +121,3 @@ def test_member_transport_over_http_needs_member_apps_and_their_routes():
     member["route_prefix"] = "/elsewhere"
     with pytest.raises(ValueError, match="needs route_prefix /members/"):
         single_application(config)
-
