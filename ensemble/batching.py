@@ -8,6 +8,7 @@ and a lone request pays no wait (Clipper's adaptive batching without the timer).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -67,11 +68,20 @@ class CoalescingBatcher:
         self._max_in_flight = max_in_flight
         self._timeout_s = timeout_s
         self._queue: deque[tuple[np.ndarray, RowsWaiter, int]] = deque()
-        self._in_flight = 0
+        self._running: list[float] = []  # start times of the calls in flight, oldest first
+        self._last_call_s = 0.0
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def call_time(self, now: float) -> float:
+        """How long this model's calls take now (`now`: `time.perf_counter()`): the last finished
+        call's seconds, or the age of the oldest call in flight where that is longer, since a
+        model that stalled finishes no call to say so."""
+        if self._running:
+            return max(self._last_call_s, now - self._running[0])
+        return self._last_call_s
 
     def submit(self, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
         """Queue `rows` [n, ...]; the future resolves to the model's n outputs or its error."""
@@ -87,14 +97,15 @@ class CoalescingBatcher:
         self._start_calls()
 
     def _start_calls(self) -> None:
-        while self._in_flight < self._max_in_flight:
+        while len(self._running) < self._max_in_flight:
             # Rows whose caller stopped waiting (past its deadline) are not sent.
             while self._queue and not self._queue[0][1].wanted():
                 self._queue.popleft()
             if not self._queue:
                 return
-            self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._run(self._take_batch()))
+            started = time.perf_counter()
+            self._running.append(started)
+            asyncio.get_running_loop().create_task(self._run(self._take_batch(), started))
 
     def _take_batch(self) -> list[tuple[np.ndarray, RowsWaiter, int]]:
         batch = [self._queue.popleft()]
@@ -106,7 +117,7 @@ class CoalescingBatcher:
                 batch.append(entry)
         return batch
 
-    async def _run(self, batch: list[tuple[np.ndarray, RowsWaiter, int]]) -> None:
+    async def _run(self, batch: list[tuple[np.ndarray, RowsWaiter, int]], started: float) -> None:
         try:
             inputs = batch[0][0] if len(batch) == 1 else np.concatenate([rows for rows, _, _ in batch])
             async with asyncio.timeout(self._timeout_s):  # unlike wait_for, no extra task per call
@@ -122,5 +133,6 @@ class CoalescingBatcher:
                 waiter.resolve(part, outputs[offset : offset + len(rows)])
                 offset += len(rows)
         finally:
-            self._in_flight -= 1
+            self._running.remove(started)
+            self._last_call_s = time.perf_counter() - started
             self._start_calls()

@@ -27,7 +27,7 @@ class CallOutcome:
     version: str
     rows: int
     latency_s: float
-    status: str  # "ok", "error" or "timeout"
+    status: str  # "ok", "error", "timeout" or "lagging" (not waited for: its calls took longer than the request had left)
 
 
 @dataclass
@@ -152,12 +152,14 @@ class EnsemblePredictor:
                 self._mirror(model, versions[m], windows, request_ids)
 
         loop = asyncio.get_running_loop()
-        fanout = _Fanout(parts, np.full((len(self.models), batch), np.nan), loop.create_future())
-        for part, ((m, version, _), rows) in enumerate(zip(parts, blocks)):
-            self._batchers[(self.models[m], version)].enqueue(rows, fanout, part)
-        deadline = (started if arrived is None else arrived) + self._deadline_s
-        fanout.timer = loop.call_later(max(deadline - started, 0.0), fanout.expire,
-                                       self._member_timeout_s - self._deadline_s)
+        batchers = [self._batchers[(self.models[m], version)] for m, version, _ in parts]
+        left_s = max((started if arrived is None else arrived) + self._deadline_s - started, 0.0)
+        call_times = [batcher.call_time(started) for batcher in batchers]
+        lagging = [call_time > left_s for call_time in call_times]
+        fanout = _Fanout(parts, np.full((len(self.models), batch), np.nan), loop.create_future(), lagging)
+        for part, (batcher, rows) in enumerate(zip(batchers, blocks)):
+            batcher.enqueue(rows, fanout, part)
+        fanout.timer = loop.call_later(left_s, fanout.expire, self._member_timeout_s - self._deadline_s)
         try:
             await fanout.finished
         finally:
@@ -172,7 +174,9 @@ class EnsemblePredictor:
             model = self.models[m]
             weights[m, index] = weight_of.get(deployment_name(model, version), 0.0)
             rows = batch if isinstance(index, slice) else len(index)
-            latency = (fanout.done_at[part] or waited) - started
+            done_at = fanout.done_at[part]
+            # Unanswered: at least as long as it was waited for, and as long as its calls take now.
+            latency = done_at - started if done_at is not None else max(waited - started, call_times[part])
             outcomes.append(CallOutcome(model, version, rows, latency, fanout.status[part]))
         combined, applied = weighted_mean(fanout.predictions, weights)
         return EnsembleResult(self.models, versions, fanout.predictions, applied, combined, outcomes)
@@ -211,18 +215,27 @@ class _Fanout:
     for the first that does (a late answer beats none, as in Clipper: under load every member
     may miss a tight deadline, and one answer still makes a degraded prediction rather than a
     503). `finished` resolves then; rows still queued for it are never sent.
+
+    A member whose calls now take longer than the request has left (`lagging`) is not waited for once
+    every other member is in and one has answered: a stalled member would otherwise hold every
+    answer to the deadline. Its rows are still sent, so it counts when it is in time, and its
+    next call that finishes within the deadline makes it waited for again. When every member
+    lags, all are waited for as usual.
     """
 
-    __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "answered", "late", "timer")
+    __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",
+                 "answered", "late", "timer")
 
     def __init__(self, parts: list[tuple[int, str, np.ndarray | slice]], predictions: np.ndarray,
-                 finished: asyncio.Future[None]) -> None:
+                 finished: asyncio.Future[None], lagging: list[bool]) -> None:
         self.parts = parts
         self.predictions = predictions  # [M, B], NaN until a member's rows answer
         self.finished = finished
-        self.status = ["timeout"] * len(parts)
+        self.waited_for = [True] * len(parts) if all(lagging) else [not lags for lags in lagging]
+        self.status = ["timeout" if waited else "lagging" for waited in self.waited_for]
         self.done_at: list[float | None] = [None] * len(parts)
         self.left = len(parts)
+        self.left_waited_for = sum(self.waited_for)
         self.answered = False
         self.late = False
         self.timer: asyncio.TimerHandle | None = None
@@ -242,7 +255,8 @@ class _Fanout:
             self.status[part] = "ok"
             self.answered = True
         self.left -= 1
-        if self.left == 0 or (self.late and self.answered):
+        self.left_waited_for -= self.waited_for[part]
+        if self.left == 0 or (self.answered and (self.late or self.left_waited_for == 0)):
             self.finished.set_result(None)
 
     def expire(self, late_s: float) -> None:

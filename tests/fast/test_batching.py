@@ -1,5 +1,6 @@
 """The coalescing batcher: no wait when idle, merging under load, errors and timeouts per batch."""
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -81,3 +82,21 @@ def test_hung_call_times_out_and_frees_its_slot():
         return await batcher.submit(np.ones((1, 2)))
 
     np.testing.assert_allclose(run(scenario()), [2.0])
+
+
+def test_call_time_is_the_last_calls_or_the_running_calls_age():
+    async def scenario():
+        model = RecordingModel(delay_s=0.05)
+        batcher = CoalescingBatcher(model, max_rows=8, max_in_flight=1, timeout_s=1.0)
+        assert batcher.call_time(time.perf_counter()) == 0.0
+        await batcher.submit(np.ones((1, 2)))
+        finished = batcher.call_time(time.perf_counter())
+        model.delay_s = 0.3
+        pending = batcher.submit(np.ones((1, 2)))
+        await asyncio.sleep(0.15)
+        running = batcher.call_time(time.perf_counter())
+        await pending
+        return finished, running, batcher.call_time(time.perf_counter())
+
+    finished, running, last = run(scenario())
+    assert 0.05 <= finished < 0.15 and 0.15 <= running < 0.3 and last >= 0.3

@@ -56,9 +56,12 @@ def test_failed_and_hung_members_degrade_the_answer_within_the_deadline():
 
 def test_the_deadline_counts_from_the_requests_arrival():
     # A request that arrived 0.3 s ago (body read, validated) has only the rest of its 0.4 s.
-    ensemble = predictor({"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.25)}}, deadline_s=0.4)
-    fresh = asyncio.run(ensemble.predict(WINDOWS, [None] * 3))
-    late = asyncio.run(ensemble.predict(WINDOWS, [None] * 3, arrived=time.perf_counter() - 0.3))
+    # Each on a predictor of its own: after the first, the slow member would lag (its call took 0.25 s).
+    def ensemble() -> EnsemblePredictor:
+        return predictor({"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.25)}}, deadline_s=0.4)
+
+    fresh = asyncio.run(ensemble().predict(WINDOWS, [None] * 3))
+    late = asyncio.run(ensemble().predict(WINDOWS, [None] * 3, arrived=time.perf_counter() - 0.3))
     assert {o.model: o.status for o in fresh.outcomes} == {"good": "ok", "slow": "ok"}
     assert {o.model: o.status for o in late.outcomes} == {"good": "ok", "slow": "timeout"}
 
@@ -191,3 +194,70 @@ def test_rows_queued_past_the_deadline_or_for_a_cancelled_request_are_never_sent
 
     asyncio.run(scenario())
     assert sent == [1]
+
+
+def test_a_member_whose_calls_outlast_the_deadline_is_not_waited_for_until_it_is_in_time_again():
+    stall = {"s": 0.3}
+
+    async def stalling(rows: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(stall["s"])
+        return np.full(len(rows), 9.0, dtype=np.float32)
+
+    async def timed(ensemble: EnsemblePredictor) -> tuple[float, dict[str, str]]:
+        started = time.perf_counter()
+        result = await ensemble.predict(WINDOWS, [None] * 3)
+        return time.perf_counter() - started, {o.model: o.status for o in result.outcomes}
+
+    async def scenario() -> list[tuple[float, dict[str, str]]]:
+        ensemble = predictor({"good": {"v1": constant(3.0, delay_s=0.01)}, "stalled": {"v1": stalling}},
+                             deadline_s=0.1)
+        seen = [await timed(ensemble)]  # no call has shown the stall yet: waits the deadline
+        await asyncio.sleep(0.02)
+        seen += [await timed(ensemble) for _ in range(3)]  # the stalled call has run past the deadline
+        stall["s"] = 0.0  # recovers
+        await asyncio.sleep(0.4)  # the stalled calls finish, having taken 0.3 s
+        seen += [await timed(ensemble) for _ in range(3)]
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0][1] == {"good": "ok", "stalled": "timeout"} and seen[0][0] >= 0.1
+    for elapsed, statuses in seen[1:4]:
+        assert statuses == {"good": "ok", "stalled": "lagging"} and elapsed < 0.08  # not held to the deadline
+    # Its last call took 0.3 s, so the next request does not wait for it, but that request's own
+    # call is in time: from then on the member is waited for again.
+    assert seen[-1][1] == {"good": "ok", "stalled": "ok"}
+
+
+def test_when_every_member_lags_all_are_waited_for_until_the_deadline():
+    delays = {"a": 0.15, "b": 0.15}
+
+    def member(name: str):
+        async def call(rows: np.ndarray) -> np.ndarray:
+            await asyncio.sleep(delays[name])
+            return np.ones(len(rows), dtype=np.float32)
+
+        return call
+
+    async def scenario() -> dict[str, str]:
+        ensemble = predictor({"a": {"v1": member("a")}, "b": {"v1": member("b")}}, deadline_s=0.1)
+        await ensemble.predict(WINDOWS, [None] * 3)  # both calls outlast the deadline
+        await asyncio.sleep(0.1)
+        delays.update(a=0.01, b=0.05)
+        result = await ensemble.predict(WINDOWS, [None] * 3)
+        return {o.model: o.status for o in result.outcomes}
+
+    # Not waiting for lagging members here would answer with a alone.
+    assert asyncio.run(scenario()) == {"a": "ok", "b": "ok"}
+
+
+def test_an_unanswered_lagging_member_reports_how_long_its_calls_take():
+    async def scenario():
+        calls = {"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.4)}}
+        ensemble = EnsemblePredictor(calls, {m: {"split": {"v1": 1.0}} for m in calls}, lambda: {}, deadline_s=0.05,
+                                     max_rows=64, max_in_flight=2, member_timeout_s=1.0)
+        await ensemble.predict(WINDOWS, [None] * 3)
+        await asyncio.sleep(0.2)  # the slow call has run 0.25 s by the next request
+        return await ensemble.predict(WINDOWS, [None] * 3)
+
+    slow = next(o for o in asyncio.run(scenario()).outcomes if o.model == "slow")
+    assert slow.status == "lagging" and slow.latency_s >= 0.25
