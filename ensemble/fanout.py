@@ -27,7 +27,7 @@ class CallOutcome:
     version: str
     rows: int
     latency_s: float
-    status: str  # "ok", "error", "timeout" or "lagging" (not waited for: its calls took longer than the request had left)
+    status: str  # "ok", "error", "timeout" or "lagging" (not waited for: its calls took far longer than the deadline)
 
 
 @dataclass
@@ -84,6 +84,12 @@ class ShadowOutcome:
     predictions: np.ndarray | None
     status: str  # "ok", "error", "timeout" or "dropped" (its queue was full)
 
+
+# A member version whose calls now take more than this many deadlines is not waited for (see
+# _Fanout). Not one: under saturation every member's calls hover about a tight deadline, and
+# answers that wait for them keep their members (and larger merged calls); a stalled member
+# is far past it.
+LAGGING_DEADLINES = 2.0
 
 TrafficSnapshot = Mapping[str, Mapping[str, Mapping[str, float]]]  # member -> {"split": ..., "shadow": ...}
 
@@ -155,7 +161,7 @@ class EnsemblePredictor:
         batchers = [self._batchers[(self.models[m], version)] for m, version, _ in parts]
         left_s = max((started if arrived is None else arrived) + self._deadline_s - started, 0.0)
         call_times = [batcher.call_time(started) for batcher in batchers]
-        lagging = [call_time > left_s for call_time in call_times]
+        lagging = [call_time > LAGGING_DEADLINES * self._deadline_s for call_time in call_times]
         fanout = _Fanout(parts, np.full((len(self.models), batch), np.nan), loop.create_future(), lagging)
         for part, (batcher, rows) in enumerate(zip(batchers, blocks)):
             batcher.enqueue(rows, fanout, part)
@@ -216,9 +222,9 @@ class _Fanout:
     may miss a tight deadline, and one answer still makes a degraded prediction rather than a
     503). `finished` resolves then; rows still queued for it are never sent.
 
-    A member whose calls now take longer than the request has left (`lagging`) is not waited for once
-    every other member is in and one has answered: a stalled member would otherwise hold every
-    answer to the deadline. Its rows are still sent, so it counts when it is in time, and its
+    A member whose calls now take more than LAGGING_DEADLINES deadlines (`lagging`) is not waited
+    for once every other member is in and one has answered: a stalled member would otherwise
+    hold every answer to the deadline. Its rows are still sent, so it counts when it is in time, and its
     next call that finishes within the deadline makes it waited for again. When every member
     lags, all are waited for as usual.
     """

@@ -19,11 +19,12 @@ async def broken(rows: np.ndarray) -> np.ndarray:
     raise RuntimeError("member crashed")
 
 
-def predictor(calls, splits=None, weights=None, deadline_s=0.5):
+def predictor(calls, splits=None, weights=None, deadline_s=0.5, member_timeout_s=None):
     splits = splits or {m: {next(iter(v)): 1.0} for m, v in calls.items()}
     weights = weights or {f"{m}-{v}": 1.0 for m, vs in calls.items() for v in vs}
     traffic = {m: {"split": split, "shadow": {}} for m, split in splits.items()}
-    return EnsemblePredictor(calls, traffic, lambda: weights, deadline_s, max_rows=64, max_in_flight=2)
+    return EnsemblePredictor(calls, traffic, lambda: weights, deadline_s, max_rows=64, max_in_flight=2,
+                             member_timeout_s=member_timeout_s)
 
 
 WINDOWS = np.zeros((3, 128, 8), dtype=np.float32)
@@ -56,12 +57,9 @@ def test_failed_and_hung_members_degrade_the_answer_within_the_deadline():
 
 def test_the_deadline_counts_from_the_requests_arrival():
     # A request that arrived 0.3 s ago (body read, validated) has only the rest of its 0.4 s.
-    # Each on a predictor of its own: after the first, the slow member would lag (its call took 0.25 s).
-    def ensemble() -> EnsemblePredictor:
-        return predictor({"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.25)}}, deadline_s=0.4)
-
-    fresh = asyncio.run(ensemble().predict(WINDOWS, [None] * 3))
-    late = asyncio.run(ensemble().predict(WINDOWS, [None] * 3, arrived=time.perf_counter() - 0.3))
+    ensemble = predictor({"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.25)}}, deadline_s=0.4)
+    fresh = asyncio.run(ensemble.predict(WINDOWS, [None] * 3))
+    late = asyncio.run(ensemble.predict(WINDOWS, [None] * 3, arrived=time.perf_counter() - 0.3))
     assert {o.model: o.status for o in fresh.outcomes} == {"good": "ok", "slow": "ok"}
     assert {o.model: o.status for o in late.outcomes} == {"good": "ok", "slow": "timeout"}
 
@@ -197,7 +195,7 @@ def test_rows_queued_past_the_deadline_or_for_a_cancelled_request_are_never_sent
 
 
 def test_a_member_whose_calls_outlast_the_deadline_is_not_waited_for_until_it_is_in_time_again():
-    stall = {"s": 0.3}
+    stall = {"s": 0.5}
 
     async def stalling(rows: np.ndarray) -> np.ndarray:
         await asyncio.sleep(stall["s"])
@@ -210,12 +208,12 @@ def test_a_member_whose_calls_outlast_the_deadline_is_not_waited_for_until_it_is
 
     async def scenario() -> list[tuple[float, dict[str, str]]]:
         ensemble = predictor({"good": {"v1": constant(3.0, delay_s=0.01)}, "stalled": {"v1": stalling}},
-                             deadline_s=0.1)
+                             deadline_s=0.1, member_timeout_s=1.0)
         seen = [await timed(ensemble)]  # no call has shown the stall yet: waits the deadline
-        await asyncio.sleep(0.02)
-        seen += [await timed(ensemble) for _ in range(3)]  # the stalled call has run past the deadline
+        await asyncio.sleep(0.15)
+        seen += [await timed(ensemble) for _ in range(3)]  # its first call has run past two deadlines
         stall["s"] = 0.0  # recovers
-        await asyncio.sleep(0.4)  # the stalled calls finish, having taken 0.3 s
+        await asyncio.sleep(0.6)  # the stalled calls finish, having taken 0.5 s
         seen += [await timed(ensemble) for _ in range(3)]
         return seen
 
@@ -223,13 +221,25 @@ def test_a_member_whose_calls_outlast_the_deadline_is_not_waited_for_until_it_is
     assert seen[0][1] == {"good": "ok", "stalled": "timeout"} and seen[0][0] >= 0.1
     for elapsed, statuses in seen[1:4]:
         assert statuses == {"good": "ok", "stalled": "lagging"} and elapsed < 0.08  # not held to the deadline
-    # Its last call took 0.3 s, so the next request does not wait for it, but that request's own
+    # Its last call took 0.5 s, so the next request does not wait for it, but that request's own
     # call is in time: from then on the member is waited for again.
     assert seen[-1][1] == {"good": "ok", "stalled": "ok"}
 
 
+def test_a_member_slower_than_the_deadline_but_not_lagging_is_still_waited_for():
+    async def scenario() -> dict[str, str]:
+        calls = {"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.15)}}
+        ensemble = predictor(calls, deadline_s=0.1, member_timeout_s=1.0)
+        await ensemble.predict(WINDOWS, [None] * 3)
+        await asyncio.sleep(0.1)  # its call took 0.15 s: past the deadline, within two
+        result = await ensemble.predict(WINDOWS, [None] * 3)
+        return {o.model: o.status for o in result.outcomes}
+
+    assert asyncio.run(scenario()) == {"good": "ok", "slow": "timeout"}  # waited the deadline for it
+
+
 def test_when_every_member_lags_all_are_waited_for_until_the_deadline():
-    delays = {"a": 0.15, "b": 0.15}
+    delays = {"a": 0.25, "b": 0.25}
 
     def member(name: str):
         async def call(rows: np.ndarray) -> np.ndarray:
@@ -239,9 +249,10 @@ def test_when_every_member_lags_all_are_waited_for_until_the_deadline():
         return call
 
     async def scenario() -> dict[str, str]:
-        ensemble = predictor({"a": {"v1": member("a")}, "b": {"v1": member("b")}}, deadline_s=0.1)
-        await ensemble.predict(WINDOWS, [None] * 3)  # both calls outlast the deadline
-        await asyncio.sleep(0.1)
+        calls = {"a": {"v1": member("a")}, "b": {"v1": member("b")}}
+        ensemble = predictor(calls, deadline_s=0.1, member_timeout_s=1.0)
+        await ensemble.predict(WINDOWS, [None] * 3)  # both calls take 0.25 s: past two deadlines
+        await asyncio.sleep(0.3)
         delays.update(a=0.01, b=0.05)
         result = await ensemble.predict(WINDOWS, [None] * 3)
         return {o.model: o.status for o in result.outcomes}
@@ -253,8 +264,7 @@ def test_when_every_member_lags_all_are_waited_for_until_the_deadline():
 def test_an_unanswered_lagging_member_reports_how_long_its_calls_take():
     async def scenario():
         calls = {"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.4)}}
-        ensemble = EnsemblePredictor(calls, {m: {"split": {"v1": 1.0}} for m in calls}, lambda: {}, deadline_s=0.05,
-                                     max_rows=64, max_in_flight=2, member_timeout_s=1.0)
+        ensemble = predictor(calls, deadline_s=0.05, member_timeout_s=1.0)
         await ensemble.predict(WINDOWS, [None] * 3)
         await asyncio.sleep(0.2)  # the slow call has run 0.25 s by the next request
         return await ensemble.predict(WINDOWS, [None] * 3)
