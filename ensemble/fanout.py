@@ -6,6 +6,7 @@ deployment backs with a Serve handle and the tests back with plain functions.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,9 +35,9 @@ class CallOutcome:
 class EnsembleResult:
     models: list[str]  # member order of the matrices below
     versions: list[list[str]]  # [M][B] version each member used per instance
-    predictions: np.ndarray  # [M, B] float64, NaN where the member did not answer
-    weights: np.ndarray  # [M, B] weights applied (0 for missing members)
-    combined: np.ndarray  # [B] float64, NaN where no member answered
+    predictions: list[list[float]]  # [M][B], NaN where the member did not answer
+    weights: list[list[float]]  # [M][B] weights applied (0 for missing members)
+    combined: list[float]  # [B], NaN where no member answered
     outcomes: list[CallOutcome]
 
     def answers(self, request_ids: Sequence[str]) -> list[dict]:
@@ -45,19 +46,19 @@ class EnsembleResult:
         for b, request_id in enumerate(request_ids):
             members, missing = {}, []
             for m, model in enumerate(self.models):
-                prediction = self.predictions[m, b]
-                if np.isnan(prediction):
+                prediction = self.predictions[m][b]
+                if math.isnan(prediction):
                     missing.append(model)
                 else:
                     members[model] = {
                         "version": self.versions[m][b],
-                        "prediction": float(prediction),
-                        "weight": float(self.weights[m, b]),
+                        "prediction": prediction,
+                        "weight": self.weights[m][b],
                     }
             answers.append(
                 {
                     "request_id": request_id,
-                    "prediction": float(self.combined[b]),
+                    "prediction": self.combined[b],
                     "members": members,
                     "degraded": bool(missing),
                     "missing": missing,
@@ -68,9 +69,9 @@ class EnsembleResult:
     def member_predictions(self, b: int) -> dict[str, float]:
         """What each answering member version predicted for instance `b`, by deployment name."""
         return {
-            deployment_name(model, self.versions[m][b]): float(self.predictions[m, b])
+            deployment_name(model, self.versions[m][b]): self.predictions[m][b]
             for m, model in enumerate(self.models)
-            if not np.isnan(self.predictions[m, b])
+            if not math.isnan(self.predictions[m][b])
         }
 
 
@@ -174,18 +175,24 @@ class EnsemblePredictor:
         waited = time.perf_counter()
 
         weight_of = self._weights()
-        weights = np.zeros((len(self.models), batch))
+        weights = [[0.0] * batch for _ in self.models]
         outcomes = []
         for part, (m, version, index) in enumerate(parts):
             model = self.models[m]
-            weights[m, index] = weight_of.get(deployment_name(model, version), 0.0)
+            weight = weight_of.get(deployment_name(model, version), 0.0)
+            if isinstance(index, slice):
+                weights[m] = [weight] * batch
+            else:
+                for b in index.tolist():
+                    weights[m][b] = weight
             rows = batch if isinstance(index, slice) else len(index)
             done_at = fanout.done_at[part]
             # Unanswered: at least as long as it was waited for, and as long as its calls take now.
             latency = done_at - started if done_at is not None else max(waited - started, call_times[part])
             outcomes.append(CallOutcome(model, version, rows, latency, fanout.status[part]))
-        combined, applied = weighted_mean(fanout.predictions, weights)
-        return EnsembleResult(self.models, versions, fanout.predictions, applied, combined, outcomes)
+        predictions = fanout.predictions.tolist()
+        combined, applied = weighted_mean(predictions, weights)
+        return EnsembleResult(self.models, versions, predictions, applied, combined, outcomes)
 
     def _mirror(self, model: str, chosen: list[str], windows: np.ndarray, request_ids: Sequence[str]) -> None:
         """Send each shadow version its share of the instances that did not already reach it; never awaited."""
