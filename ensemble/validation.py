@@ -76,8 +76,11 @@ def _locate_bad_value(window: list, field: str, n_features: int) -> str:
     return f"{field}: not a list of rows of numbers"
 
 
-def parse_window(window: Any, field: str, limits: Limits) -> np.ndarray:
-    """One window as float32 [T, F]: its last T rows, every row checked."""
+def parse_window(window: Any, field: str, limits: Limits, plain: bool = False) -> np.ndarray:
+    """One window as float32 [T, F]: its last T rows, every row checked.
+
+    `plain`: the body is known to hold no string or boolean inside any window (`_plain_windows`).
+    """
     if not isinstance(window, list):
         raise RequestError(422, f"{field}: expected a list of rows, got {type(window).__name__}")
     rows = len(window)
@@ -85,11 +88,8 @@ def parse_window(window: Any, field: str, limits: Limits) -> np.ndarray:
         raise RequestError(422, f"{field}: {rows} rows, at least {limits.window} are needed")
     if rows > limits.max_rows:
         raise RequestError(413, f"{field}: {rows} rows exceeds the limit of {limits.max_rows}")
-    try:
-        array = np.array(window, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise RequestError(422, _locate_bad_value(window, field, limits.n_features)) from None
-    if array.shape != (rows, limits.n_features) or not _all_numbers(window):
+    array = _as_float64(window, rows, limits.n_features, plain)
+    if array is None:
         raise RequestError(422, _locate_bad_value(window, field, limits.n_features))
     with np.errstate(over="ignore"):
         array = array.astype(np.float32)
@@ -101,10 +101,47 @@ def parse_window(window: Any, field: str, limits: Limits) -> np.ndarray:
 _NUMBER_TYPES = frozenset({float, int})
 
 
+def _as_float64(window: list, rows: int, n_features: int, plain: bool) -> np.ndarray | None:
+    """`window` as float64 [rows, n_features], or None where it is not a list of rows of numbers
+    (null becomes NaN here, for the finiteness check to name)."""
+    try:
+        if plain:
+            # No strings or booleans can be there, so the values need no type scan, and
+            # fromiter skips np.array's discovery of the nesting: 37 + 30 µs become 24.
+            if set(map(len, window)) != {n_features}:
+                return None
+            return np.fromiter(chain.from_iterable(window), np.float64, rows * n_features).reshape(rows, n_features)
+        array = np.array(window, dtype=np.float64)
+    except (ValueError, TypeError):
+        return None
+    return array if array.shape == (rows, n_features) and _all_numbers(window) else None
+
+
 def _all_numbers(rows: list[list[Any]]) -> bool:
     # np.array turns booleans and numeric strings into floats; JSON true or "1.5" is not a number
     # here. Collecting the types in C is twice as fast as a generator over the values.
     return set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES
+
+
+# What JSON numbers, arrays and whitespace are written with; what is left of a body without them
+# is short: its strings, and the letters of true, false and null.
+_NUMBERS_AND_ARRAYS = b"0123456789+-.eE,[]{}: \t\n\r"
+
+
+def _plain_windows(body: bytes, strings_beside_windows: int) -> bool:
+    """Whether no window in the JSON `body` can hold a string or a boolean, from its raw bytes
+    (one pass in C, about 14 µs for a 128x8 window): none of true or false, no escape, so that
+    each string takes exactly two quotes, and as many quotes as the strings counted beside the
+    windows take, so there is no other string. Any doubt answers False, and the windows get the
+    full type scan."""
+    rest = body.translate(None, _NUMBERS_AND_ARRAYS)
+    return (b"tru" not in rest and b"fals" not in rest and b"\\" not in rest
+            and rest.count(b'"') == 2 * strings_beside_windows)
+
+
+def _strings_beside_window(obj: dict) -> int:
+    """Strings in a {window, key, request_id} object outside its window: its keys and string values."""
+    return len(obj) + sum(isinstance(value, str) for name, value in obj.items() if name != "window")
 
 
 def _optional_str(obj: dict, name: str, field: str) -> str | None:
@@ -126,22 +163,24 @@ def parse_predict(body: bytes, limits: Limits) -> PredictInput:
         extra = sorted(set(payload) - {"instances"})
         if extra:
             raise RequestError(422, f"{extra[0]}: not allowed beside instances; put it in each instance")
-        return _parse_instances(payload["instances"], limits)
+        return _parse_instances(payload["instances"], limits, body)
     unknown = sorted(set(payload) - _SINGLE_KEYS)
     if unknown:
         raise RequestError(422, f"{unknown[0]}: unknown field")
     if "window" not in payload:
         raise RequestError(422, "window: field required (or send instances)")
-    window = parse_window(payload["window"], "window", limits)
+    plain = _plain_windows(body, _strings_beside_window(payload))
+    window = parse_window(payload["window"], "window", limits, plain)
     request_id = _optional_str(payload, "request_id", "") or new_request_id()
     return PredictInput(window[None], [request_id], [_optional_str(payload, "key", "")], single=True)
 
 
-def _parse_instances(instances: Any, limits: Limits) -> PredictInput:
+def _parse_instances(instances: Any, limits: Limits, body: bytes) -> PredictInput:
     if not isinstance(instances, list) or not instances:
         raise RequestError(422, "instances: expected a non-empty list of windows")
     if len(instances) > limits.max_instances:
         raise RequestError(413, f"instances: {len(instances)} exceeds the limit of {limits.max_instances}")
+    plain = _plain_windows(body, 1 + sum(_strings_beside_window(i) for i in instances if isinstance(i, dict)))
     windows, request_ids, keys = [], [], []
     for i, instance in enumerate(instances):
         field = f"instances[{i}]"
@@ -151,11 +190,11 @@ def _parse_instances(instances: Any, limits: Limits) -> PredictInput:
                 raise RequestError(422, f"{field}.{unknown[0]}: unknown field")
             if "window" not in instance:
                 raise RequestError(422, f"{field}.window: field required")
-            windows.append(parse_window(instance["window"], f"{field}.window", limits))
+            windows.append(parse_window(instance["window"], f"{field}.window", limits, plain))
             request_ids.append(_optional_str(instance, "request_id", f"{field}.") or new_request_id())
             keys.append(_optional_str(instance, "key", f"{field}."))
         else:
-            windows.append(parse_window(instance, field, limits))
+            windows.append(parse_window(instance, field, limits, plain))
             request_ids.append(new_request_id())
             keys.append(None)
     if len(set(request_ids)) != len(request_ids):

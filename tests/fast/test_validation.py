@@ -87,6 +87,38 @@ def test_nan_inside_numbers_is_rejected():
     assert error.status == 422 and "window[0][0]" in error.message
 
 
+def test_a_body_without_strings_or_booleans_in_its_windows_parses_the_same_by_the_shortcut():
+    from ensemble.validation import _plain_windows, _strings_beside_window, parse_window
+
+    payload = {"window": window(T + 3), "key": "k1", "request_id": "r1"}
+    assert _plain_windows(body(payload), _strings_beside_window(payload))
+    np.testing.assert_array_equal(parse_window(payload["window"], "window", LIMITS, plain=True),
+                                  parse_window(payload["window"], "window", LIMITS, plain=False))
+    instances = {"instances": [window(seed=1), {"window": window(seed=2), "key": "a"}]}
+    assert _plain_windows(body(instances), 1 + _strings_beside_window(instances["instances"][1]))
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        # Shapes the shortcut sees (no strings or booleans anywhere in the windows)
+        (body({"window": window()[:-1] + [[[1.0]] * 8]}), "window[127][0]: expected a number, got list"),
+        (body({"window": window()[:-1] + [{}]}), "window[127]: expected a list of 8 numbers, got dict"),
+        (body({"window": window()[:-1] + [[None] * 8], "key": "k"}), "window[127][0]: expected a number, got NoneType"),
+        (body({"instances": [window(), window()[:-1] + [[1.0] * 9]]}), "instances[1][127]: expected 8 features"),
+        # Strings beside escaped quotes, booleans beside strings, in either form
+        (body({"window": window()[:-1] + [["1.5"] * 8], "request_id": '""' * 8}), "window[127][0]: expected a number, got str"),
+        (body({"window": window()[:-1] + [["1.5"] * 8], "request_id": "r"}).replace(b'"r"', rb'"\u0022\u0022"'),
+         "window[127][0]: expected a number, got str"),
+        (body({"instances": [{"window": window(), "key": "true"}, window()[:-1] + [[False] * 8]]}), "instances[1][127][0]: expected a number, got bool"),
+        (body({"instances": [{"window": window()[:-1] + [["2"] * 8], "key": "a"}]}), "instances[0].window[127][0]: expected a number, got str"),
+    ],
+)
+def test_bad_windows_are_named_whichever_way_they_are_parsed(raw, field):
+    error = rejected(raw)
+    assert error.status == 422 and field in error.message, error.message
+
+
 from ensemble.validation import parse_feedback  # noqa: E402
 
 
