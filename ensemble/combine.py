@@ -7,7 +7,7 @@ failing it.
 
 Plain Python floats, not numpy: a request holds a handful of members and usually one instance,
 where each numpy call's overhead outweighs its arithmetic (this took the router's combining
-and answering from about 38 to 10 µs per one-window request).
+and answering from about 38 to 9 µs per one-window request).
 """
 from __future__ import annotations
 

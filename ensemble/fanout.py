@@ -231,9 +231,9 @@ class _Fanout:
 
     A member whose calls now take more than LAGGING_DEADLINES deadlines (`lagging`) is not waited
     for once every other member is in and one has answered: a stalled member would otherwise
-    hold every answer to the deadline. Its rows are still sent, so it counts when it is in time, and its
-    next call that finishes within the deadline makes it waited for again. When every member
-    lags, all are waited for as usual.
+    hold every answer to the deadline. Its rows are still sent, so it counts when it is in time,
+    and its next call that takes no longer than that makes it waited for again. When every
+    member lags, all are waited for as usual.
     """
 
     __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",
