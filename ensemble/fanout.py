@@ -181,11 +181,11 @@ class EnsemblePredictor:
             model = self.models[m]
             weight = weight_of.get(deployment_name(model, version), 0.0)
             if isinstance(index, slice):
-                weights[m] = [weight] * batch
+                weights[m], rows = [weight] * batch, batch
             else:
                 for b in index.tolist():
                     weights[m][b] = weight
-            rows = batch if isinstance(index, slice) else len(index)
+                rows = len(index)
             done_at = fanout.done_at[part]
             # Unanswered: at least as long as it was waited for, and as long as its calls take now.
             latency = done_at - started if done_at is not None else max(waited - started, call_times[part])
