@@ -46,8 +46,9 @@ class ModelDeployment:
             partial(decode_windows, window=contract.window, n_features=contract.n_features),
             self.runtime.predict, max_batch_rows))
         self.channel_endpoint = await self.channel.start(ray.util.get_node_ip_address())
-        logger.info("%s loaded in %s on %s with %d framework threads; channel on %s:%d", self.name,
-                    self.runtime.framework, self.runtime.device, num_threads, *self.channel_endpoint)
+        logger.info("%s loaded in %s (predicting with %s) on %s with %d framework threads; channel on %s:%d",
+                    self.name, self.runtime.framework, self.runtime.engine or self.runtime.framework,
+                    self.runtime.device, num_threads, *self.channel_endpoint)
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
         """float32 windows [B, T, F] -> float32 predictions [B]."""
@@ -79,7 +80,8 @@ class ModelDeployment:
         return {CHANNEL_CALLS: self.channel.mean_in_flight()}
 
     def info(self) -> dict[str, Any]:
-        """What this replica serves: its manifest, and the runtime and device it really runs in."""
-        return {"deployment": self.name, "runtime": self.runtime.framework, "device": self.runtime.device,
-                "pid": os.getpid(), "channel": list(self.channel_endpoint),
-                "channel_calls": self.channel.answered, "manifest": self.runtime.manifest.model_dump(mode="json")}
+        """What this replica serves: its manifest, its runtime, the library predicting (`engine`)
+        and the device it really runs on."""
+        return {"deployment": self.name, "runtime": self.runtime.framework,
+                "engine": self.runtime.engine or self.runtime.framework, "device": self.runtime.device,
+                "pid": os.getpid(), "channel": list(self.channel_endpoint), "channel_calls": self.channel.answered, "manifest": self.runtime.manifest.model_dump(mode="json")}

@@ -30,6 +30,7 @@ class Runtime(ABC):
     framework: ClassVar[str]
     artifact: ClassVar[str]  # the file in the version directory this runtime loads
     device: str = "cpu"  # where it really runs, which may differ from the device asked for
+    engine: str = ""  # the library computing predictions where not the framework's own (models.runtimes.trees)
     manifest: Manifest
 
     def __init_subclass__(cls, framework: str | None = None, **kwargs: object) -> None:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from models.errors import ArtifactIntegrityError, InputShapeError, ModelLoadErro
 from models.features import FEATURE_NAMES, engineer
 from models.nets import NETS, build_net, export_onnx
 from models.repository import Manifest, list_versions, load_runtime, read_manifest, version_dir, write_version
+from models.runtimes.trees import TreeRuntime
 from models.train import FRAMEWORK, MEMBERS, VERSIONS, ensure_repository
 
 PAIRS = [(m, v) for m in MEMBERS for v in VERSIONS]
@@ -50,6 +52,44 @@ def test_a_net_asked_for_cuda_runs_its_state_dict_in_torch(repo: Path, model: st
     np.testing.assert_allclose(on_cuda.predict(windows), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     # A tree has no other runtime: asking for CUDA changes nothing but the device it reports.
     assert load_runtime(repo, "xgboost", version, device="cuda").framework == "xgboost"
+
+
+TREES = [(m, v) for m, v in PAIRS if FRAMEWORK[m] in ("xgboost", "lightgbm")]
+
+
+def _framework_predicts(runtime: TreeRuntime, windows: np.ndarray) -> np.ndarray:
+    features = engineer(windows)
+    if runtime.framework == "xgboost":
+        return runtime.booster.inplace_predict(features)
+    return runtime.booster.predict(features, num_threads=1)
+
+
+@pytest.mark.parametrize("model, version", TREES)
+def test_a_tree_predicts_through_onnx_runtime_what_its_framework_predicts(repo: Path, model: str, version: str):
+    runtime = load_runtime(repo, model, version)
+    assert runtime.engine == "onnxruntime"
+    windows = sample_windows(500, seed=21)  # not the windows the conversion was checked on
+    expected = _framework_predicts(runtime, windows)
+    np.testing.assert_allclose(runtime.predict(windows), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("conversion", ["fails", "disagrees"])
+@pytest.mark.parametrize("model", ["xgboost", "lightgbm"])
+def test_a_tree_whose_conversion_fails_or_disagrees_is_predicted_by_its_framework(
+        repo: Path, model: str, conversion: str, monkeypatch: pytest.MonkeyPatch):
+    cls = type(load_runtime(repo, model, "v1"))
+    other_version, convert = load_runtime(repo, model, "v2"), cls._to_onnx
+
+    def replacement(self: TreeRuntime) -> onnx.ModelProto:
+        if conversion == "fails":
+            raise RuntimeError("unsupported tree")
+        return convert(other_version)  # converts and runs, but predicts otherwise
+
+    monkeypatch.setattr(cls, "_to_onnx", replacement)
+    runtime = load_runtime(repo, model, "v1")
+    assert runtime.engine == ""
+    windows = sample_windows(50, seed=22)
+    np.testing.assert_array_equal(runtime.predict(windows), _framework_predicts(runtime, windows).astype(np.float32))
 
 
 def test_a_runtime_needs_its_artifact(repo: Path):
