@@ -16,7 +16,8 @@ from pathlib import Path
 VENVS = Path(__file__).resolve().parent / ".venvs"
 TORCH = "torch==2.13.0"
 # Framework versions pinned to the project's own (read from this interpreter's installed packages).
-SAME_AS_PROJECT = ("numpy", "xgboost", "lightgbm", "onnxruntime", "pydantic", "orjson", "tqdm")
+SAME_AS_PROJECT = ("numpy", "xgboost", "lightgbm", "onnxruntime", "onnx", "onnxmltools", "skl2onnx", "pydantic", "orjson",
+                   "tqdm")
 PEERS = {"bentoml": ["bentoml>=1.4,<1.5"]}
 
 

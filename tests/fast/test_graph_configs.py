@@ -81,15 +81,25 @@ def test_graph_yaml_leaves_the_http_host_to_ray(path: Path):
     assert "host" not in yaml.safe_load(path.read_text()).get("http_options", {})
 
 
-def test_cluster_nodes_start_ray_with_the_ingress_settings_of_make_serve():
-    serve_env = next(line.split("?=", 1)[1].split() for line in (ROOT / "Makefile").read_text().splitlines()
-                     if line.startswith("SERVE_ENV ?="))
+def _make_serve_env() -> list[str]:
+    return next(line.split("?=", 1)[1].split() for line in (ROOT / "Makefile").read_text().splitlines()
+                if line.startswith("SERVE_ENV ?="))
+
+
+def test_cluster_nodes_start_ray_with_the_settings_of_make_serve():
+    serve_env = _make_serve_env()
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key]
               if "ray start" in c]
     assert len(starts) == 2
     for command in starts:  # every node's Ray needs the flags: each node runs its own ingress
         assert set(serve_env) <= set(command.split("ray start")[0].split())
+
+
+def test_the_benchmark_measures_make_serve_under_its_settings():
+    from bench.servers import CONTROLLER_ENV, SETTINGS
+
+    assert dict(item.split("=", 1) for item in _make_serve_env()) == {**SETTINGS["throughput+haproxy"], **CONTROLLER_ENV}
 
 
 def test_cluster_yaml_passes_ray_validation():
