@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import net_runtimes
+from bench import net_runtimes, tree_engines
 from bench.apps import ensemble_apps, naive
 from bench.apps.graph_args import alias_repo, yaml_args
 from models.repository import read_manifest
@@ -87,3 +87,13 @@ def test_net_runtimes_compares_torch_and_onnx_on_the_same_weights(tiny_repo: Pat
         (f"{net}-v1", batch) for net in ("lstm", "nhits", "patchtst") for batch in net_runtimes.BATCHES]
     assert all(ms > 0 for row in rows for ms in row["ms_per_call"].values())
     assert net_runtimes.table(rows).count("\n") == len(rows) + 1
+
+
+def test_tree_engines_times_every_tree_version_both_ways(tiny_repo: Path) -> None:
+    results = tree_engines.measure(str(tiny_repo), rounds=1, number=1)
+    assert set(results) == {f"{model}-{version}" for model in ("xgboost", "lightgbm") for version in ("v1", "v2")}
+    for version, timings in results.items():
+        framework = version.split("-")[0]
+        assert set(timings) == {f"{what} {rows} rows" for what in (framework, "onnxruntime", "engineer", "runtime.predict")
+                                for rows in tree_engines.ROWS}
+        assert all(us > 0 for us in timings.values())
