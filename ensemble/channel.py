@@ -39,7 +39,7 @@ FORGET_AFTER = 30  # refreshes without Serve choosing a replica after which a ca
 
 Endpoint = tuple[str, int]
 # Payloads of the calls that arrived together -> each one's reply payload, or why it has none.
-FramesHandler = Callable[[list[bytes]], Awaitable[list[bytes | Exception]]]
+FramesHandler = Callable[[list[memoryview]], Awaitable[list[bytes | Exception]]]
 
 
 class ChannelError(RuntimeError):
@@ -51,27 +51,48 @@ class ChannelLost(ConnectionError):
 
 
 class _Frames:
-    """Splits a byte stream into (header fields, payload) frames."""
+    """Splits a byte stream into (header fields, payload) frames.
+
+    A payload is a read-only view of the bytes as they arrived where its frame came in one
+    read, and of one buffer the reads were appended to where it spanned several: a 64-row call
+    (256 KiB, five reads) cost 117-157 µs to reassemble when every frame was sliced out of a
+    buffer and copied to bytes, about a third of the trees' model call on it.
+    """
 
     def __init__(self, header: struct.Struct) -> None:
         self._header = header
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the start of a frame whose end has not arrived; never viewed
 
-    def feed(self, data: bytes) -> list[tuple[tuple[int, ...], bytes]]:
-        self._buffer += data
+    def feed(self, data: bytes) -> list[tuple[tuple[int, ...], memoryview]]:
+        if self._buffer:
+            self._buffer += data
+            if not self._complete(self._buffer):
+                return []
+            # Views of this buffer are handed out: later bytes go to a new one.
+            stream, self._buffer = memoryview(self._buffer).toreadonly(), bytearray()
+        else:
+            stream = memoryview(data)
         frames, start, size = [], 0, self._header.size
-        while len(self._buffer) - start >= size:
-            fields = self._header.unpack_from(self._buffer, start)
-            length = fields[-1]
-            if length > MAX_FRAME_BYTES:
-                raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
-            end = start + size + length
-            if len(self._buffer) < end:
+        while len(stream) - start >= size:
+            end = start + size + self._length(stream, start)
+            if len(stream) < end:
                 break
-            frames.append((fields, bytes(self._buffer[start + size:end])))
+            frames.append((self._header.unpack_from(stream, start), stream[start + size:end]))
             start = end
-        del self._buffer[:start]
+        if start < len(stream):
+            self._buffer = bytearray(stream[start:])
         return frames
+
+    def _length(self, header: memoryview | bytearray, start: int = 0) -> int:
+        length = self._header.unpack_from(header, start)[-1]
+        if length > MAX_FRAME_BYTES:
+            raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+        return length
+
+    def _complete(self, buffer: bytearray) -> bool:
+        """Whether `buffer` holds at least one whole frame."""
+        size = self._header.size
+        return len(buffer) >= size and len(buffer) >= size + self._length(buffer)
 
     @property
     def partial(self) -> bool:
@@ -79,13 +100,13 @@ class _Frames:
         return bool(self._buffer)
 
 
-def merged_model_calls(decode: Callable[[bytes], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
+def merged_model_calls(decode: Callable[[memoryview], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
                        max_rows: int) -> FramesHandler:
     """A `FramesHandler` that decodes each call's windows and answers the calls with as few
     `predict`s as `max_rows` allows (a call larger than that alone). A call that does not decode,
     or a model call that fails, fails only the calls it carries."""
 
-    async def answer(payloads: list[bytes]) -> list[bytes | Exception]:
+    async def answer(payloads: list[memoryview]) -> list[bytes | Exception]:
         replies: list[bytes | Exception] = [b""] * len(payloads)
         groups: list[list[tuple[int, np.ndarray]]] = []
         rows = 0
@@ -121,7 +142,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._handler = handler
         self._server = server
         self._frames = _Frames(CALL)
-        self._received: list[tuple[tuple[int, ...], bytes]] = []
+        self._received: list[tuple[tuple[int, ...], memoryview]] = []
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,7 +161,7 @@ class _ServerProtocol(asyncio.Protocol):
             asyncio.get_running_loop().create_task(self._answer([call_id for (call_id, _), _ in frames],
                                                                 [payload for _, payload in frames]))
 
-    async def _answer(self, call_ids: list[int], payloads: list[bytes]) -> None:
+    async def _answer(self, call_ids: list[int], payloads: list[memoryview]) -> None:
         self._server.count(len(call_ids))
         try:
             replies = await self._handler(payloads)
@@ -200,7 +221,7 @@ class ChannelConnection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._frames = _Frames(REPLY)
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._pending: dict[int, asyncio.Future[memoryview]] = {}
         self._next_id = 0
         self._transport: asyncio.Transport | None = None
         self.closed = False
@@ -222,7 +243,7 @@ class ChannelConnection(asyncio.Protocol):
             if status == OK:
                 future.set_result(payload)
             else:
-                future.set_exception(ChannelError(payload.decode(errors="replace")))
+                future.set_exception(ChannelError(bytes(payload).decode(errors="replace")))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -234,7 +255,7 @@ class ChannelConnection(asyncio.Protocol):
             if not future.done():
                 future.set_exception(error)
 
-    async def call(self, payload: bytes) -> bytes:
+    async def call(self, payload: bytes) -> memoryview:
         if self.closed:
             raise ChannelLost("connection closed")
         call_id = self._next_id = (self._next_id + 1) & 0xFFFFFFFF
@@ -340,7 +361,7 @@ class DirectMember:
             return await self._fallback(windows)
         return decode_predictions(body, len(windows))
 
-    async def _call(self, endpoint: Endpoint, windows: np.ndarray) -> bytes | None:
+    async def _call(self, endpoint: Endpoint, windows: np.ndarray) -> memoryview | None:
         """The reply of the replica at `endpoint`, or None when its channel cannot carry the call."""
         self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
         try:

@@ -20,7 +20,7 @@ def encode(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=_FLOAT32).tobytes()
 
 
-def decode_windows(body: bytes, window: int, n_features: int) -> np.ndarray:
+def decode_windows(body: bytes | memoryview, window: int, n_features: int) -> np.ndarray:
     """float32 windows [B, window, n_features] from `body` (B ≥ 1)."""
     size = window * n_features * _FLOAT32.itemsize
     if not body or len(body) % size:
@@ -28,7 +28,7 @@ def decode_windows(body: bytes, window: int, n_features: int) -> np.ndarray:
     return np.frombuffer(body, dtype=_FLOAT32).reshape(-1, window, n_features)
 
 
-def decode_predictions(body: bytes, rows: int) -> np.ndarray:
+def decode_predictions(body: bytes | memoryview, rows: int) -> np.ndarray:
     """float32 predictions [rows] from `body`."""
     if len(body) != rows * _FLOAT32.itemsize:
         raise WireError(f"expected {rows} float32 predictions, got {len(body)} bytes")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import random
 from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ensemble.channel import (CALL, OK, REPLY, ChannelError, ChannelServer, DirectMember, Endpoint, FramesHandler, _Frames,
-                              merged_model_calls)
+from ensemble.channel import (CALL, MAX_FRAME_BYTES, OK, REPLY, ChannelError, ChannelServer, DirectMember, Endpoint,
+                              FramesHandler, _Frames, merged_model_calls)
 from ensemble.config import AUTOSCALING_POLICY, AutoscalingSpec
 from ensemble.wire import decode_predictions, decode_windows, encode
 
@@ -224,6 +225,32 @@ def test_frames_split_anywhere_in_the_stream_are_reassembled():
     stream = b"".join(CALL.pack(i, len(body)) + body for i, body in enumerate([b"abc", b"", b"x" * 1000]))
     received = [frame for byte in range(len(stream)) for frame in frames.feed(stream[byte:byte + 1])]
     assert received == [((0, 3), b"abc"), ((1, 0), b""), ((2, 1000), b"x" * 1000)]
+
+
+def test_frames_stay_intact_while_later_reads_arrive_in_any_sizes():
+    bodies = [bytes([i]) * size for i, size in enumerate([300_000, 7, 0, 70_000, 1, 5_000])]
+    stream = b"".join(CALL.pack(i, len(body)) + body for i, body in enumerate(bodies))
+    rng = random.Random(3)
+    for _ in range(20):
+        frames, received, at = _Frames(CALL), [], 0
+        while at < len(stream):  # reads of 1 byte to 128 KiB, frames ending anywhere in them
+            size = rng.choice([1, 5, 100, 4096, 65536, 131072])
+            received += frames.feed(stream[at:at + size])
+            at += size
+        # The payloads are views: each must still hold its own bytes after every later read.
+        assert [(fields, bytes(payload)) for fields, payload in received] == [
+            ((i, len(body)), body) for i, body in enumerate(bodies)]
+        assert not frames.partial
+
+
+def test_a_frame_announcing_more_than_the_limit_is_refused_once_its_header_is_in():
+    header = CALL.pack(1, MAX_FRAME_BYTES + 1)
+    frames = _Frames(CALL)
+    assert frames.feed(header[:3]) == []
+    with pytest.raises(ValueError, match="exceeds"):
+        frames.feed(header[3:])
+    with pytest.raises(ValueError, match="exceeds"):
+        _Frames(CALL).feed(header + b"x")
 
 
 def test_a_model_error_reaches_the_caller_and_is_not_retried_elsewhere():
