@@ -47,8 +47,8 @@ class ModelDeployment:
             self.runtime.predict, max_batch_rows))
         self.channel_endpoint = await self.channel.start(ray.util.get_node_ip_address())
         logger.info("%s loaded in %s (predicting with %s) on %s with %d framework threads; channel on %s:%d",
-                    self.name, self.runtime.framework, self.runtime.engine or self.runtime.framework,
-                    self.runtime.device, num_threads, *self.channel_endpoint)
+                    self.name, self.runtime.framework, self.runtime.engine, self.runtime.device, num_threads,
+                    *self.channel_endpoint)
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
         """float32 windows [B, T, F] -> float32 predictions [B]."""
@@ -82,6 +82,6 @@ class ModelDeployment:
     def info(self) -> dict[str, Any]:
         """What this replica serves: its manifest, its runtime, the library predicting (`engine`)
         and the device it really runs on."""
-        return {"deployment": self.name, "runtime": self.runtime.framework,
-                "engine": self.runtime.engine or self.runtime.framework, "device": self.runtime.device,
-                "pid": os.getpid(), "channel": list(self.channel_endpoint), "channel_calls": self.channel.answered, "manifest": self.runtime.manifest.model_dump(mode="json")}
+        return {"deployment": self.name, "runtime": self.runtime.framework, "engine": self.runtime.engine,
+                "device": self.runtime.device, "pid": os.getpid(), "channel": list(self.channel_endpoint),
+                "channel_calls": self.channel.answered, "manifest": self.runtime.manifest.model_dump(mode="json")}

@@ -30,13 +30,13 @@ class Runtime(ABC):
     framework: ClassVar[str]
     artifact: ClassVar[str]  # the file in the version directory this runtime loads
     device: str = "cpu"  # where it really runs, which may differ from the device asked for
-    engine: str = ""  # the library computing predictions where not the framework's own (models.runtimes.trees)
+    engine: str  # the library computing predictions: the framework's own unless set (models.runtimes.trees)
     manifest: Manifest
 
     def __init_subclass__(cls, framework: str | None = None, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if framework is not None:
-            cls.framework = framework
+            cls.framework = cls.engine = framework
             RUNTIMES[framework] = cls
 
     def load(self, model_dir: Path, manifest: Manifest, num_threads: int = 1, device: str = "cpu") -> None:

@@ -4,8 +4,9 @@ the two agree.
 
 On one engineered row XGBoost's `inplace_predict` of 85 trees cost 235 µs and LightGBM's
 `predict` 40 µs, nearly all of it per-call overhead; ONNX Runtime 9 µs for either (64 rows:
-280 and 84 against 50 and 30 µs; `python -m bench.tree_engines`, BENCHMARKS.md). The converted trees serve only if
-they predict what the framework predicts on sample windows; otherwise the framework serves.
+280 and 84 against 50 and 30 µs; `python -m bench.tree_engines`, BENCHMARKS.md). The converted
+trees serve only if they predict what the framework predicts on sample windows; otherwise the
+framework serves.
 """
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ def test_a_tree_whose_conversion_fails_or_disagrees_is_predicted_by_its_framewor
 
     monkeypatch.setattr(cls, "_to_onnx", replacement)
     runtime = load_runtime(repo, model, "v1")
-    assert runtime.engine == ""
+    assert runtime.engine == runtime.framework == model
     windows = sample_windows(50, seed=22)
     np.testing.assert_array_equal(runtime.predict(windows), _framework_predicts(runtime, windows).astype(np.float32))
 
