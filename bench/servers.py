@@ -37,7 +37,7 @@ SETTINGS: dict[str, dict[str, str]] = {
 # Only shutdown speed: direct-ingress replicas otherwise drain for 30 s before they stop.
 SHUTDOWN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 # Serve's controller as `make serve` runs it (Makefile SERVE_ENV), under every ingress setting:
-# reconciling every 0.5 s instead of 0.1 s (BENCHMARKS.md, "Serve's control loop").
+# reconciling every 0.5 s instead of 0.1 s (BENCHMARKS.md, "What changed").
 CONTROLLER_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 

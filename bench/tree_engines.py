@@ -37,14 +37,12 @@ def measure(repo: str, rounds: int, number: int = 200) -> dict[str, dict[str, fl
             runtime = load_runtime(repo, model, version)
             if runtime.engine != "onnxruntime":
                 raise SystemExit(f"{model}/{version}: its trees did not convert, the framework serves it")
-            native = (runtime.booster.inplace_predict if model == "xgboost"
-                      else partial(runtime.booster.predict, num_threads=1))
             samples: dict[str, list[float]] = {}
             for _ in range(rounds):
                 for rows in ROWS:
                     features, batch = engineer(windows[:rows]), windows[:rows]
-                    for name, call in ((f"{model} {rows} rows", partial(native, features)),
-                                       (f"onnxruntime {rows} rows", partial(runtime._trees, features)),
+                    for name, call in ((f"{model} {rows} rows", partial(runtime.framework_predict, features)),
+                                       (f"onnxruntime {rows} rows", partial(runtime.features_predict, features)),
                                        (f"engineer {rows} rows", partial(engineer, batch)),
                                        (f"runtime.predict {rows} rows", partial(runtime.predict, batch))):
                         samples.setdefault(name, []).append(per_call_us(call, number * (10 if rows == 1 else 1)))

@@ -37,7 +37,8 @@ def features_type() -> list[tuple[str, object]]:
 class TreeRuntime(Runtime):
     """A tree ensemble over `engineer`ed features; subclasses load the booster, then `_serve` it."""
 
-    _trees: FeaturesPredict
+    framework_predict: FeaturesPredict  # the framework's own prediction on engineered features
+    features_predict: FeaturesPredict  # the one serving: ONNX Runtime's where it agrees, else the framework's
 
     @abstractmethod
     def _to_onnx(self) -> onnx.ModelProto:
@@ -48,7 +49,7 @@ class TreeRuntime(Runtime):
         CHECK_WINDOWS sample windows to float32 rounding, else with `native`."""
         from models.runtimes.onnx_runtime import session
 
-        self._trees = native
+        self.framework_predict = self.features_predict = native
         features = engineer(sample_windows(CHECK_WINDOWS, seed=1))
         try:
             trees = session(self._to_onnx().SerializeToString(), num_threads)
@@ -66,7 +67,7 @@ class TreeRuntime(Runtime):
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=tolerance):
             logger.warning("%s: the trees converted to ONNX predict otherwise; the framework predicts", self._name)
             return
-        self._trees, self.engine = converted, "onnxruntime"
+        self.features_predict, self.engine = converted, "onnxruntime"
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._trees(engineer(batch))
+        return self.features_predict(engineer(batch))

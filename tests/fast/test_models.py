@@ -57,19 +57,12 @@ def test_a_net_asked_for_cuda_runs_its_state_dict_in_torch(repo: Path, model: st
 TREES = [(m, v) for m, v in PAIRS if FRAMEWORK[m] in ("xgboost", "lightgbm")]
 
 
-def _framework_predicts(runtime: TreeRuntime, windows: np.ndarray) -> np.ndarray:
-    features = engineer(windows)
-    if runtime.framework == "xgboost":
-        return runtime.booster.inplace_predict(features)
-    return runtime.booster.predict(features, num_threads=1)
-
-
 @pytest.mark.parametrize("model, version", TREES)
 def test_a_tree_predicts_through_onnx_runtime_what_its_framework_predicts(repo: Path, model: str, version: str):
     runtime = load_runtime(repo, model, version)
     assert runtime.engine == "onnxruntime"
     windows = sample_windows(500, seed=21)  # not the windows the conversion was checked on
-    expected = _framework_predicts(runtime, windows)
+    expected = runtime.framework_predict(engineer(windows))
     np.testing.assert_allclose(runtime.predict(windows), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
@@ -89,7 +82,8 @@ def test_a_tree_whose_conversion_fails_or_disagrees_is_predicted_by_its_framewor
     runtime = load_runtime(repo, model, "v1")
     assert runtime.engine == runtime.framework == model
     windows = sample_windows(50, seed=22)
-    np.testing.assert_array_equal(runtime.predict(windows), _framework_predicts(runtime, windows).astype(np.float32))
+    expected = runtime.framework_predict(engineer(windows)).astype(np.float32)
+    np.testing.assert_array_equal(runtime.predict(windows), expected)
 
 
 def test_a_runtime_needs_its_artifact(repo: Path):
