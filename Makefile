@@ -25,8 +25,10 @@ models: $(INSTALLED)
 
 # Serve's HAProxy ingress with throughput-optimized settings won every point of the benchmark on
 # one machine and on two nodes; Serve's controller reconciling every 0.5 s instead of 0.1 s cut its
-# idle CPU about fourfold (BENCHMARKS.md). cluster.yaml starts every node with these.
-SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5
+# idle CPU about fourfold; HAProxy's per-request metrics line, parsed in Python by Serve's HAProxy
+# manager, cost a twelfth of the ensemble's CPU per answer (BENCHMARKS.md). cluster.yaml starts
+# every node with these.
+SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5 RAY_SERVE_HAPROXY_METRICS_ENABLED=0
 
 serve: models
 	$(SERVE_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run $(GRAPH)

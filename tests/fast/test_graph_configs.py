@@ -97,9 +97,9 @@ def test_cluster_nodes_start_ray_with_the_settings_of_make_serve():
 
 
 def test_the_benchmark_measures_make_serve_under_its_settings():
-    from bench.servers import CONTROLLER_ENV, SETTINGS
+    from bench.servers import TUNING_ENV, SETTINGS
 
-    assert dict(item.split("=", 1) for item in _make_serve_env()) == {**SETTINGS["throughput+haproxy"], **CONTROLLER_ENV}
+    assert dict(item.split("=", 1) for item in _make_serve_env()) == {**SETTINGS["throughput+haproxy"], **TUNING_ENV}
 
 
 def test_cluster_yaml_passes_ray_validation():
