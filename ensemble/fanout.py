@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,9 +21,9 @@ from ensemble.config import deployment_name
 from ensemble.traffic import Splitter
 
 
-@dataclass(frozen=True)
-class CallOutcome:
-    """How one member version did on one request (for metrics)."""
+class CallOutcome(NamedTuple):
+    """How one member version did on one request (for metrics); a tuple, as one is made per
+    member and request."""
 
     model: str
     version: str
@@ -163,7 +164,7 @@ class EnsemblePredictor:
         left_s = max((started if arrived is None else arrived) + self._deadline_s - started, 0.0)
         call_times = [batcher.call_time(started) for batcher in batchers]
         lagging = [call_time > LAGGING_DEADLINES * self._deadline_s for call_time in call_times]
-        fanout = _Fanout(parts, np.full((len(self.models), batch), np.nan), loop.create_future(), lagging)
+        fanout = _Fanout(parts, [[math.nan] * batch for _ in self.models], loop.create_future(), lagging)
         for part, (batcher, rows) in enumerate(zip(batchers, blocks)):
             batcher.enqueue(rows, fanout, part)
         fanout.timer = loop.call_later(left_s, fanout.expire, self._member_timeout_s - self._deadline_s)
@@ -190,9 +191,8 @@ class EnsemblePredictor:
             # Unanswered: at least as long as it was waited for, and as long as its calls take now.
             latency = done_at - started if done_at is not None else max(waited - started, call_times[part])
             outcomes.append(CallOutcome(model, version, rows, latency, fanout.status[part]))
-        predictions = fanout.predictions.tolist()
-        combined, applied = weighted_mean(predictions, weights)
-        return EnsembleResult(self.models, versions, predictions, applied, combined, outcomes)
+        combined, applied = weighted_mean(fanout.predictions, weights)
+        return EnsembleResult(self.models, versions, fanout.predictions, applied, combined, outcomes)
 
     def _mirror(self, model: str, chosen: list[str], windows: np.ndarray, request_ids: Sequence[str]) -> None:
         """Send each shadow version its share of the instances that did not already reach it; never awaited."""
@@ -239,10 +239,10 @@ class _Fanout:
     __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",
                  "answered", "late", "timer")
 
-    def __init__(self, parts: list[tuple[int, str, np.ndarray | slice]], predictions: np.ndarray,
+    def __init__(self, parts: list[tuple[int, str, np.ndarray | slice]], predictions: list[list[float]],
                  finished: asyncio.Future[None], lagging: list[bool]) -> None:
         self.parts = parts
-        self.predictions = predictions  # [M, B], NaN until a member's rows answer
+        self.predictions = predictions  # [M][B], NaN until a member's rows answer
         self.finished = finished
         self.waited_for = [True] * len(parts) if all(lagging) else [not lags for lags in lagging]
         self.status = ["timeout" if waited else "lagging" for waited in self.waited_for]
@@ -260,11 +260,19 @@ class _Fanout:
         if self.finished.done():
             return
         self.done_at[part] = time.perf_counter()
-        if isinstance(outputs, BaseException) or not np.isfinite(outputs).all():
+        # Plain floats from here on: a request's answer is built from them, and numpy's checks
+        # and item writes cost more than the few values each request holds.
+        values = None if isinstance(outputs, BaseException) else outputs.tolist()
+        if values is None or not all(map(math.isfinite, values)):
             self.status[part] = "error"
         else:
             m, _, index = self.parts[part]
-            self.predictions[m, index] = outputs
+            if isinstance(index, slice):
+                self.predictions[m] = values
+            else:
+                row = self.predictions[m]
+                for b, value in zip(index.tolist(), values):
+                    row[b] = value
             self.status[part] = "ok"
             self.answered = True
         self.left -= 1

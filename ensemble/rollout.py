@@ -263,7 +263,9 @@ class CallStats:
         self._windows: dict[str, VersionWindow] = {}
 
     def add(self, name: str, requests: int, failed: bool, latency_s: float) -> None:
-        window = self._windows.setdefault(name, VersionWindow())
+        window = self._windows.get(name)
+        if window is None:  # not setdefault: that would build a window, its histogram too, per call
+            window = self._windows[name] = VersionWindow()
         window.requests += requests
         window.errors += requests if failed else 0
         window.latency[latency_bucket(latency_s)] += requests
