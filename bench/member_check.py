@@ -1,8 +1,7 @@
 """Per-member check: one member's batched throughput inside Serve vs its runtime called in-process.
 
 Same batch (64 windows), same framework threads (the builder's: one per whole CPU, at least
-one), same malloc thresholds (`ensemble.heap`), the YAML's member applications as `make serve`
-deploys them. In-process:
+one), the YAML's member applications as `make serve` deploys them. In-process:
 `runtime.predict(batch)` in a loop, measured before Ray starts so nothing else competes. In
 Serve: the driver keeps calls of that batch outstanding against one member deployment and
 counts rows answered per second, along each path in PATHS.
@@ -52,10 +51,8 @@ def _rate(calls: int, elapsed: float) -> dict[str, float]:
 
 
 def measure_in_process(graph: str | None, seconds: float) -> dict[str, dict[str, float]]:
-    from ensemble.heap import keep_large_buffers_mapped
     from models.repository import load_runtime
 
-    keep_large_buffers_mapped()  # as the member replicas do, so that only the serving path differs
     batch = _batch()
     results = {}
     for root, model, version, threads in _members(graph):

@@ -20,7 +20,6 @@ from starlette.responses import JSONResponse, Response
 from deployments.autoscaling import CHANNEL_CALLS
 from ensemble.batching import predict_blocks
 from ensemble.channel import ChannelServer, merged_model_calls
-from ensemble.heap import keep_large_buffers_mapped
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
 from models.repository import load_runtime
 
@@ -38,7 +37,6 @@ class ModelDeployment:
 
     async def __init__(self, model_root: str, model: str, version: str, num_threads: int, device: str,
                        max_batch_rows: int) -> None:
-        keep_large_buffers_mapped()  # before the runtime allocates anything
         self.runtime = load_runtime(model_root, model, version, num_threads=num_threads, device=device)
         self.name = f"{model}-{version}"
         self.max_batch_rows = max_batch_rows
