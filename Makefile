@@ -7,7 +7,7 @@ BENCH_INSTALLED := $(VENV)/.bench-installed
 MODEL_ROOT ?= model_repo
 GRAPH ?= graphs/ensemble.yaml
 
-.PHONY: install models serve test test-fast bench clean
+.PHONY: install models serve deploy status test test-fast bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SE
 
 serve: models
 	$(SERVE_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run $(GRAPH)
+
+# Ray turns token authentication on for the local instance that `make serve` starts (its token in
+# ~/.ray/auth_token), but its `serve` CLI sends that token only under RAY_AUTH_MODE=token:
+# without it `serve deploy` and `serve status` are refused ("Missing authentication token").
+SERVE_CLI := RAY_AUTH_MODE=token $(BIN)/serve
+
+# Deploys GRAPH onto the running `make serve`, e.g. `make deploy GRAPH=graphs/canary.yaml`.
+deploy: models
+	$(SERVE_CLI) deploy $(GRAPH)
+
+status: $(INSTALLED)
+	$(SERVE_CLI) status
 
 $(BENCH_INSTALLED): $(INSTALLED)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
