@@ -26,9 +26,12 @@ models: $(INSTALLED)
 # Serve's HAProxy ingress with throughput-optimized settings won every point of the benchmark on
 # one machine and on two nodes; Serve's controller reconciling every 0.5 s instead of 0.1 s cut its
 # idle CPU about fourfold; HAProxy's per-request metrics line, parsed in Python by Serve's HAProxy
-# manager, cost a twelfth of the ensemble's CPU per answer (BENCHMARKS.md). cluster.yaml starts
-# every node with these.
-SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5 RAY_SERVE_HAPROXY_METRICS_ENABLED=0
+# manager, cost a twelfth of the ensemble's CPU per answer (BENCHMARKS.md). A stopping ingress
+# replica stays reachable 2 s instead of Ray's 30 s, a wait meant for external load balancers:
+# Serve takes it out of HAProxy at once, and while it drains it holds its CPUs, which the router
+# that replaces it in a deploy waited 30 s for (BENCHMARKS.md, "Deploying under load"); Ctrl-C
+# waits for it too. cluster.yaml starts every node with these.
+SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5 RAY_SERVE_HAPROXY_METRICS_ENABLED=0 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2
 
 serve: models
 	$(SERVE_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run $(GRAPH)

@@ -34,12 +34,12 @@ SETTINGS: dict[str, dict[str, str]] = {
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
     "throughput+haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
-# Only shutdown speed: direct-ingress replicas otherwise drain for 30 s before they stop.
-SHUTDOWN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 # The rest of `make serve`'s settings (Makefile SERVE_ENV), under every ingress setting: Serve's
-# controller reconciling every 0.5 s instead of 0.1 s, and no per-request metrics line from
-# HAProxy to Serve's HAProxy manager (BENCHMARKS.md, "What changed").
-TUNING_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
+# controller reconciling every 0.5 s instead of 0.1 s, no per-request metrics line from HAProxy to
+# Serve's HAProxy manager (BENCHMARKS.md, "What changed"), and stopping ingress replicas draining
+# for 2 s instead of 30.
+TUNING_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 Probe = Callable[[str], bool]
@@ -183,7 +183,7 @@ def ray_server(name: str, app: str, log_dir: Path, settings: str = "default", ex
     port = free_port()
     ready = Path(tempfile.mkdtemp(prefix="bench-")) / "ready.json"
     temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray puts unix sockets under it
-    env = {**SETTINGS[settings], **SHUTDOWN_ENV, **TUNING_ENV,
+    env = {**SETTINGS[settings], **TUNING_ENV,
            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{temp_dir}/haproxy/haproxy.cfg",
            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{temp_dir}/haproxy/admin.sock",
            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{temp_dir}/haproxy/metrics.sock",

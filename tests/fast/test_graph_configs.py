@@ -131,3 +131,31 @@ def test_member_transport_over_http_needs_member_apps_and_their_routes():
     member["route_prefix"] = "/elsewhere"
     with pytest.raises(ValueError, match="needs route_prefix /members/"):
         single_application(config)
+
+
+def _logical_cpus(path: Path) -> tuple[dict[str, float], float]:
+    """Logical CPUs of a graph at its minimum scale: per member application, and the ensemble's
+    router and control plane together."""
+    from deployments.control import ControlPlane
+    from ensemble.config import MemberAppArgs, RouterSpec
+
+    config = yaml.safe_load(path.read_text())
+    members, ensemble = {}, 0.0
+    for app in config["applications"]:
+        if app["import_path"] == MEMBER_IMPORT_PATH:
+            spec = MemberAppArgs.model_validate(app["args"])
+            members[app["name"]] = spec.num_cpus * (spec.autoscaling.min_replicas if spec.autoscaling else spec.num_replicas)
+        else:
+            router = RouterSpec.model_validate(app["args"].get("router", {}))
+            ensemble = router.num_cpus * router.num_replicas + ControlPlane.ray_actor_options["num_cpus"]
+    return members, ensemble
+
+
+@pytest.mark.parametrize("start, target", [("ensemble.yaml", "canary.yaml"), ("canary.yaml", "ensemble.yaml")])
+def test_deploying_the_canary_graph_and_back_fits_two_cpus(start: str, target: str):
+    # Serve starts the new router and control plane before the old ones have drained, and member
+    # applications the target drops drain beside those it adds: all must fit the 2-CPU machine at
+    # once, or the new router waits for CPUs while HAProxy has no router to send requests to.
+    before, old_ensemble = _logical_cpus(ROOT / "graphs" / start)
+    after, new_ensemble = _logical_cpus(ROOT / "graphs" / target)
+    assert round(sum({**before, **after}.values()) + old_ensemble + new_ensemble, 6) <= 2.0
