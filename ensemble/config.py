@@ -60,6 +60,12 @@ class ReplicaSpec(StrictModel):
     num_replicas: int = Field(1, ge=1, description="Fixed replica count, used when `autoscaling` is unset.")
     autoscaling: AutoscalingSpec | None = Field(None, description="Autoscaling; replaces `num_replicas` when set.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once before queueing.")
+    max_surge_percent: int = Field(
+        100, ge=0, le=100,
+        description="Replicas a rolling update may start beyond the replica count before it stops old ones, in percent "
+        "of that count: at 100 old replicas serve until their replacements are ready; at 0 (Ray's default) a "
+        "one-replica deployment stops serving until its replacement starts.",
+    )
 
     @property
     def framework_threads(self) -> int:

@@ -32,6 +32,7 @@ def _deployment_options(spec: ReplicaSpec) -> dict[str, Any]:
             "runtime_env": {"env_vars": _thread_env(spec.framework_threads)},
         },
         "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_surge_percent": spec.max_surge_percent,
     }
     if spec.autoscaling is not None:
         options["autoscaling_config"] = spec.autoscaling.to_serve()

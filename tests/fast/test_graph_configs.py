@@ -133,6 +133,18 @@ def test_member_transport_over_http_needs_member_apps_and_their_routes():
         single_application(config)
 
 
+def test_the_router_and_members_keep_serving_until_their_replacements_are_ready(tiny_repo: Path):
+    # At Ray's default (0) Serve stops a one-replica deployment when its replacement starts, and
+    # for the router HAProxy then has no replica to send requests to (BENCHMARKS.md, "Deploying
+    # under load").
+    config = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())
+    builders = {ENSEMBLE_IMPORT_PATH: build_app, MEMBER_IMPORT_PATH: build_member}
+    for app in config["applications"]:
+        built = call_user_app_builder_with_args_if_necessary(
+            builders[app["import_path"]], {**app["args"], "model_root": str(tiny_repo)})
+        assert built._bound_deployment._deployment_config.max_surge_percent == 100, app["name"]
+
+
 def _logical_cpus(path: Path) -> tuple[dict[str, float], float]:
     """Logical CPUs of a graph at its minimum scale: per member application, and the ensemble's
     router and control plane together."""
@@ -155,7 +167,7 @@ def _logical_cpus(path: Path) -> tuple[dict[str, float], float]:
 def test_deploying_the_canary_graph_and_back_fits_two_cpus(start: str, target: str):
     # Serve starts the new router and control plane before the old ones have drained, and member
     # applications the target drops drain beside those it adds: all must fit the 2-CPU machine at
-    # once, or the new router waits for CPUs while HAProxy has no router to send requests to.
+    # once, or the new router waits for CPUs and the deploy for the drains.
     before, old_ensemble = _logical_cpus(ROOT / "graphs" / start)
     after, new_ensemble = _logical_cpus(ROOT / "graphs" / target)
     assert round(sum({**before, **after}.values()) + old_ensemble + new_ensemble, 6) <= 2.0
