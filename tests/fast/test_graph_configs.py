@@ -14,6 +14,7 @@ from graphs.ensemble import build_app, build_member
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
+BUILDERS = {ENSEMBLE_IMPORT_PATH: build_app, MEMBER_IMPORT_PATH: build_member}
 
 
 def test_there_are_graphs():
@@ -24,12 +25,11 @@ def test_there_are_graphs():
 def test_graph_yaml_is_valid_serve_config_and_builder_args(path: Path, tiny_repo: Path):
     config = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(config)
-    builders = {ENSEMBLE_IMPORT_PATH: build_app, MEMBER_IMPORT_PATH: build_member}
     for app in schema.applications:
-        assert app.import_path in builders
+        assert app.import_path in BUILDERS
         # Exactly what `serve run` / `serve deploy` do with the YAML's args.
         args = {**app.args, "model_root": str(tiny_repo)}
-        built = call_user_app_builder_with_args_if_necessary(builders[app.import_path], args)
+        built = call_user_app_builder_with_args_if_necessary(BUILDERS[app.import_path], args)
         assert isinstance(built, Application)
     # Every member version has its application and every member application a member.
     assert single_application(config).members
@@ -138,10 +138,9 @@ def test_the_router_and_members_keep_serving_until_their_replacements_are_ready(
     # for the router HAProxy then has no replica to send requests to (BENCHMARKS.md, "Deploying
     # under load").
     config = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())
-    builders = {ENSEMBLE_IMPORT_PATH: build_app, MEMBER_IMPORT_PATH: build_member}
     for app in config["applications"]:
         built = call_user_app_builder_with_args_if_necessary(
-            builders[app["import_path"]], {**app["args"], "model_root": str(tiny_repo)})
+            BUILDERS[app["import_path"]], {**app["args"], "model_root": str(tiny_repo)})
         assert built._bound_deployment._deployment_config.max_surge_percent == 100, app["name"]
 
 
