@@ -37,16 +37,18 @@ serve: models
 	$(SERVE_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run $(GRAPH)
 
 # Ray turns token authentication on for the local instance that `make serve` starts (its token in
-# ~/.ray/auth_token), but its `serve` CLI sends that token only under RAY_AUTH_MODE=token:
-# without it `serve deploy` and `serve status` are refused ("Missing authentication token").
-SERVE_CLI := RAY_AUTH_MODE=token $(BIN)/serve
+# ~/.ray/auth_token), but its clients send that token only under RAY_AUTH_MODE=token: without it
+# `serve deploy` and `serve status` are refused ("Missing authentication token").
+CLIENT_ENV := RAY_AUTH_MODE=token
 
-# Deploys GRAPH onto the running `make serve`, e.g. `make deploy GRAPH=graphs/canary.yaml`.
+# Deploys GRAPH onto the running `make serve`, e.g. `make deploy GRAPH=graphs/canary.yaml`, and
+# returns once it runs. Unlike `serve deploy`, the applications GRAPH drops are deleted only then,
+# and a GRAPH that does not come up is undone (graphs/deploy.py).
 deploy: models
-	$(SERVE_CLI) deploy $(GRAPH)
+	$(CLIENT_ENV) $(BIN)/python -m graphs.deploy $(GRAPH)
 
 status: $(INSTALLED)
-	$(SERVE_CLI) status
+	$(CLIENT_ENV) $(BIN)/serve status
 
 $(BENCH_INSTALLED): $(INSTALLED)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

@@ -28,6 +28,7 @@ from ensemble.admin import admin_token, authorise
 from ensemble.batching import ModelCall
 from ensemble.channel import DirectMember, Endpoint
 from ensemble.config import GraphArgs, deployment_name, member_route
+from ensemble.deploy_plan import still_deploying
 from ensemble.fanout import CallOutcome, EnsemblePredictor, ShadowOutcome
 from ensemble.ledger import PredictionRow
 from ensemble.rollout import CallStats
@@ -45,6 +46,7 @@ POLL_WAIT_S = 5.0
 # application by its arguments), and the shipment waits for the new one: 2 s after the old one
 # stopped, in a test run on two cores. With the whole application stopping it waits in vain.
 FINAL_FLUSH_S = 10.0
+MEMBER_POLL_S = 0.5  # how often a starting router asks Serve whether its member applications run
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 413, 422, 503)}
 ADMIN_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 409, 422)}
@@ -163,6 +165,25 @@ class MemberMetrics:
         return timed_call
 
 
+async def wait_for_member_apps(names: list[str], wait_s: float) -> None:
+    """Return once every named application runs or has failed, or after wait_s.
+
+    Serve counts a replica ready when its constructor returns, and a deploy stops the old router
+    then: a router that came up before its members would answer 503 where the old one answered.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        overview = await asyncio.to_thread(serve.status)
+        pending = still_deploying({name: app.status.value for name, app in overview.applications.items()}, names)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            logger.warning("member applications still deploying after %.0f s; serving without them until they run: %s",
+                           wait_s, ", ".join(pending))
+            return
+        await asyncio.sleep(MEMBER_POLL_S)
+
+
 async def chosen_channel(handle: DeploymentHandle) -> Endpoint | None:
     """The direct channel of the replica Serve's request router chooses now (`DirectMember` asks
     this to learn the replicas, not per call).
@@ -178,8 +199,8 @@ async def chosen_channel(handle: DeploymentHandle) -> Endpoint | None:
 @serve.deployment
 @serve.ingress(app)
 class EnsembleRouter:
-    def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle | str]],
-                 contract: dict[str, int], control: DeploymentHandle) -> None:
+    async def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle | str]],
+                       contract: dict[str, int], control: DeploymentHandle) -> None:
         self.args = GraphArgs.model_validate(args)
         self.control = control
         router = self.args.router
@@ -245,6 +266,9 @@ class EnsembleRouter:
         self._shipping = asyncio.Lock()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
+        if self.args.member_apps:
+            await wait_for_member_apps([deployment_name(model, version) for model, versions in members.items()
+                                        for version in versions], router.member_wait_s)
 
     async def __del__(self) -> None:
         # Serve awaits this when the replica stops (scale-down, redeploy, shutdown), after its
@@ -263,14 +287,17 @@ class EnsembleRouter:
 
     async def _follow_control(self) -> None:
         """Long-poll the control plane so a change reaches this replica as soon as it happens."""
-        epoch = -1
+        epoch, applied = -1, self.traffic
         while True:
             try:
                 snapshot = await self.control.snapshot.remote(epoch, POLL_WAIT_S)
                 epoch, self.weights = snapshot["epoch"], snapshot["weights"]
-                if snapshot["traffic"] != self.traffic:
-                    self.predictor.set_traffic(snapshot["traffic"])
-                    self.traffic = snapshot["traffic"]
+                if snapshot["traffic"] != applied:
+                    kept = self.predictor.set_traffic(snapshot["traffic"])
+                    if kept:
+                        logger.warning("traffic for versions this replica does not call (a deploy replacing them); "
+                                       "keeping the current split of %s", ", ".join(kept))
+                    applied, self.traffic = snapshot["traffic"], self.predictor.traffic()
             except Exception:  # noqa: BLE001 - keep serving with the last weights; retry
                 logger.warning("control plane unreachable; serving with the last weights and traffic", exc_info=True)
                 await asyncio.sleep(0.5)

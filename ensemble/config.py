@@ -155,6 +155,13 @@ class RouterSpec(ReplicaSpec):
         description="When no member answered by deadline_s, seconds the request may wait for the first answer "
         "(degraded) before 503; member calls still running then are abandoned.",
     )
+    member_wait_s: float = Field(
+        120.0, ge=0, le=3600,
+        description="With member_apps, seconds a starting router replica waits for its member applications to run "
+        "before it reports ready; a member application that failed is not waited for. A deploy's old router serves "
+        "until then, so a deploy that changes member versions does not leave requests to a router whose members are "
+        "still starting. After the wait the router serves with the members that run (degraded).",
+    )
     max_rows: int = Field(1024, ge=1, description="Most rows accepted in one window (longer ones are rejected).")
     max_instances: int = Field(256, ge=1, description="Most windows accepted in one batch request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")

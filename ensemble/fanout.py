@@ -130,12 +130,37 @@ class EnsemblePredictor:
         self._max_shadow_rows = max_shadow_rows
         self._on_shadow = on_shadow
         self._rng = rng or random.Random()
+        self._splitters: dict[str, Splitter] = {}
+        self._shadows: dict[str, dict[str, float]] = {}
         self.set_traffic(traffic)
 
-    def set_traffic(self, traffic: TrafficSnapshot) -> None:
-        """Apply new splits and shadows; requests already routed keep their versions."""
-        self._splitters = {model: Splitter(traffic[model]["split"], self._rng) for model in self.models}
-        self._shadows = {model: dict(traffic[model].get("shadow", {})) for model in self.models}
+    def set_traffic(self, traffic: TrafficSnapshot) -> list[str]:
+        """Apply new splits and shadows; requests already routed keep their versions.
+
+        Only the versions this predictor calls count. A member whose new split gives none of
+        them a share keeps its current split and shadows; those members are returned. That
+        happens in a deploy that replaces versions: the new control plane already routes to
+        versions that only the new router replicas call, while the old ones still serve.
+        """
+        splitters, shadows, kept = {}, {}, []
+        for model in self.models:
+            spec = traffic.get(model, {})
+            split = {v: share for v, share in spec.get("split", {}).items() if (model, v) in self._batchers}
+            if any(share > 0 for share in split.values()):
+                splitters[model] = Splitter(split, self._rng)
+                shadows[model] = {v: share for v, share in spec.get("shadow", {}).items() if (model, v) in self._batchers}
+            elif model in self._splitters:
+                splitters[model], shadows[model] = self._splitters[model], self._shadows[model]
+                kept.append(model)
+            else:
+                raise ValueError(f"the traffic gives no share to a version of {model} that is called")
+        self._splitters, self._shadows = splitters, shadows
+        return kept
+
+    def traffic(self) -> dict[str, dict[str, dict[str, float]]]:
+        """The splits and shadows in force."""
+        return {model: {"split": dict(self._splitters[model].split), "shadow": dict(self._shadows[model])}
+                for model in self.models}
 
     async def predict(self, windows: np.ndarray, keys: Sequence[str | None],
                       request_ids: Sequence[str] = (), arrived: float | None = None) -> EnsembleResult:

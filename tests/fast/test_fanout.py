@@ -271,3 +271,17 @@ def test_an_unanswered_lagging_member_reports_how_long_its_calls_take():
 
     slow = next(o for o in asyncio.run(scenario()).outcomes if o.model == "slow")
     assert slow.status == "lagging" and slow.latency_s >= 0.25
+
+
+def test_traffic_for_versions_the_predictor_does_not_call_leaves_their_members_as_they_were():
+    # In a deploy that replaces v1 by v2, the new control plane routes xgboost to v2 while the
+    # old router replica, which calls only v1, still serves.
+    ensemble = predictor({"xgboost": {"v1": constant(1.0)}, "lstm": {"v1": constant(2.0), "v2": constant(4.0)}})
+    kept = ensemble.set_traffic({"xgboost": {"split": {"v2": 1.0}, "shadow": {"v2": 0.5}},
+                                 "lstm": {"split": {"v1": 0.0, "v2": 1.0, "v3": 3.0}, "shadow": {"v3": 1.0}}})
+    assert kept == ["xgboost"]
+    assert ensemble.traffic() == {"xgboost": {"split": {"v1": 1.0}, "shadow": {}},
+                                  "lstm": {"split": {"v1": 0.0, "v2": 1.0}, "shadow": {}}}
+    answer = asyncio.run(ensemble.predict(WINDOWS, ["k0", "k1", "k2"])).answers(["a", "b", "c"])[0]
+    assert {m: a["version"] for m, a in answer["members"].items()} == {"xgboost": "v1", "lstm": "v2"}
+    assert not answer["degraded"]

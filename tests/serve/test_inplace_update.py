@@ -1,6 +1,12 @@
 """Declarative deploys with member applications: adding a version leaves the other members
-running, and router replicas that a deploy stops ship their predictions first."""
+running, swapping every version (`make deploy`) keeps every member answering, and router
+replicas that a deploy stops ship their predictions first."""
 from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -11,9 +17,12 @@ from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
 from ensemble.config import ENSEMBLE_IMPORT_PATH, MEMBER_IMPORT_PATH, member_route
+from ensemble.deploy_plan import progress, statuses
+from graphs.deploy import DeployFailed
+from graphs.deploy import deploy as deploy_safely
 from tests.serve.conftest import wait_until
 
-TINY = {"num_cpus": 0.05}  # the session's other apps hold most of Ray's 2 logical CPUs
+TINY = {"num_cpus": 0.01}  # the session's other apps hold most of Ray's 2 logical CPUs
 
 
 def config(model_root: str, state_url: str, versions: dict[str, list[str]], name: str = "inplace",
@@ -89,6 +98,90 @@ def test_members_called_over_http_answer_and_keep_running_across_a_deploy(client
             serve.delete(app)
 
 
+class ControllerApi:
+    """graphs.deploy's two calls through Serve's controller: the test session runs no dashboard."""
+
+    def details(self) -> dict:
+        # As the REST API sends them: statuses as plain strings, not Serve's enums.
+        return json.loads(json.dumps(_get_global_client().get_serve_details()))
+
+    def deploy(self, config: dict) -> None:
+        deploy(config)
+
+
+@contextmanager
+def steady_traffic(url: str, path: str) -> Iterator[list[tuple[int, dict | str]]]:
+    """Predicts posted one after another to `path` from a thread until the block ends (at most
+    20,000); yields the answers, (status, JSON body or text), as they come."""
+    answers: list[tuple[int, dict | str]] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        with httpx.Client(base_url=url, timeout=60) as sender:
+            while not stop.is_set() and len(answers) < 20_000:
+                reply = sender.post(path, json={"window": [[100.0] * 8] * 128})
+                json_body = reply.headers.get("content-type", "").startswith("application/json")
+                answers.append((reply.status_code, reply.json() if json_body else reply.text))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        wait_until(lambda: len(answers) >= 5, 60, "answers before the deploy")
+        yield answers
+        after = len(answers)
+        wait_until(lambda: len(answers) >= after + 5, 60, "answers after the deploy")
+    finally:
+        stop.set()
+        thread.join(60)
+
+
+def versions_answered(answers: list[tuple[int, dict | str]]) -> list[tuple[str, ...]]:
+    return [tuple(sorted(m["version"] for m in body["members"].values())) for _, body in answers]
+
+
+# A slow answer waits instead of leaving a member out: a member left out in these tests is one
+# the router could not call.
+PATIENT = {"deadline_s": 30, "member_timeout_s": 30}
+
+
+def test_swapping_every_member_version_keeps_every_member_answering(serve_session):
+    root, state = str(serve_session.model_root), serve_session.state_url.replace("ensemble.db", "swapped.db")
+    v1 = config(root, state, {"xgboost": ["v1"], "lightgbm": ["v1"]}, "swapped", router=PATIENT)
+    v2 = config(root, state, {"xgboost": ["v2"], "lightgbm": ["v2"]}, "swapped", router=PATIENT)
+    deploy(v1)
+    try:
+        wait_until(lambda: httpx.get(f"{serve_session.url}/swapped/readyz").status_code == 200, 120, "v1 ready")
+        with steady_traffic(serve_session.url, "/swapped/v1/predict") as answers:
+            deploy_safely(ControllerApi(), v2, timeout_s=180, poll_s=0.2, say=lambda _: None)
+        assert [(status, body) for status, body in answers if status != 200] == []
+        assert [body for _, body in answers if body["degraded"]] == []
+        versions = versions_answered(answers)
+        assert versions[0] == ("v1", "v1") and versions[-1] == ("v2", "v2")
+        wait_until(lambda: not {"xgboost-v1", "lightgbm-v1"} & set(serve.status().applications), 60, "v1 deleted")
+    finally:
+        for app in ("swapped", "xgboost-v1", "lightgbm-v1", "xgboost-v2", "lightgbm-v2"):
+            serve.delete(app)
+
+
+def test_a_deploy_that_fails_is_undone_while_the_old_graph_keeps_answering(serve_session):
+    root, state = str(serve_session.model_root), serve_session.state_url.replace("ensemble.db", "undone.db")
+    v1 = config(root, state, {"xgboost": ["v1"]}, "undone", router=PATIENT)
+    missing = config(root, state, {"xgboost": ["v9"]}, "undone", router=PATIENT)  # no such version trained
+    deploy(v1)
+    try:
+        wait_until(lambda: httpx.get(f"{serve_session.url}/undone/readyz").status_code == 200, 120, "v1 ready")
+        with steady_traffic(serve_session.url, "/undone/v1/predict") as answers:
+            with pytest.raises(DeployFailed, match="xgboost-v9"):
+                deploy_safely(ControllerApi(), missing, timeout_s=180, poll_s=0.2, say=lambda _: None)
+            wait_until(lambda: progress(statuses(ControllerApi().details()), ["undone", "xgboost-v1"]) == "running"
+                       and "xgboost-v9" not in serve.status().applications, 120, "the v1 graph back")
+        assert [(status, body) for status, body in answers if status != 200] == []
+        assert set(versions_answered(answers)) == {("v1",)}
+    finally:
+        for app in ("undone", "xgboost-v1", "xgboost-v9"):
+            serve.delete(app)
+
+
 def router_replicas(app: str) -> set[str]:
     """Names of the router replicas' actors alive now."""
     return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
@@ -111,7 +204,7 @@ def test_router_replicas_that_stop_ship_their_predictions_first(client: httpx.Cl
             assert answer.status_code == 200
         # A new CPU request replaces both router replicas, and with the application's arguments
         # changed, Serve restarts the control plane beside them.
-        deploy(config(root, state, {"xgboost": ["v1"]}, "replaced", router={**router, "num_cpus": 0.06}))
+        deploy(config(root, state, {"xgboost": ["v1"]}, "replaced", router={**router, "num_cpus": 0.02}))
         wait_until(lambda: not old & router_replicas("replaced") and len(router_replicas("replaced")) == 2, 120,
                    "both router replicas replaced")
         # Had the stopped replicas not shipped their predictions, these labels would wait (pending)
