@@ -17,7 +17,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.autoscaling import CHANNEL_CALLS
+from deployments.autoscaling import CHANNEL_CALLS, CPU_BUSY, CpuMeter
 from ensemble.batching import predict_blocks
 from ensemble.channel import ChannelServer, merged_model_calls
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
@@ -46,6 +46,7 @@ class ModelDeployment:
             partial(decode_windows, window=contract.window, n_features=contract.n_features),
             self.runtime.predict, max_batch_rows))
         self.channel_endpoint = await self.channel.start(ray.util.get_node_ip_address())
+        self.cpu = CpuMeter(num_threads)
         logger.info("%s loaded in %s (predicting with %s) on %s with %d framework threads; channel on %s:%d",
                     self.name, self.runtime.framework, self.runtime.engine, self.runtime.device, num_threads,
                     *self.channel_endpoint)
@@ -76,8 +77,9 @@ class ModelDeployment:
         return {"channel": list(self.channel_endpoint)}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Calls over the channel, for `deployments.autoscaling`: Serve counts only its own requests."""
-        return {CHANNEL_CALLS: self.channel.mean_in_flight()}
+        """Calls over the channel (Serve counts only its own requests) and how busy the framework
+        threads are, for `deployments.autoscaling`."""
+        return {CHANNEL_CALLS: self.channel.mean_in_flight(), CPU_BUSY: self.cpu.busy()}
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: its manifest, its runtime, the library predicting (`engine`)

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
@@ -224,12 +225,14 @@ class EnsembleRouter:
             self._predict = {m: {v: handle.predict.remote for v, handle in vs.items()} for m, vs in handles.items()}
             self._info = {m: {v: handle.info.remote for v, handle in vs.items()} for m, vs in handles.items()}
         self._direct: list[DirectMember] = []
+        replicas: dict[tuple[str, str], Callable[[], int]] = {}
         if router.direct_channel:
             for model, versions in handles.items():
                 for version, handle in versions.items():
                     direct = DirectMember(partial(chosen_channel, handle), fallback=self._predict[model][version])
                     self._direct.append(direct)
                     self._predict[model][version] = direct.predict
+                    replicas[(model, version)] = direct.replicas
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
                              router.max_instances, router.max_body_bytes)
         # The priors and the config's traffic serve until the control plane's first answer.
@@ -252,6 +255,7 @@ class EnsembleRouter:
             max_in_flight=router.max_in_flight,
             on_shadow=self._shadow_done,
             max_shadow_rows=router.max_shadow_rows,
+            replicas=replicas,
         )
         self.admin_token = admin_token(os.environ)
         self.dropped_log_rows = metrics.Counter(

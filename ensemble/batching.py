@@ -62,10 +62,14 @@ class CoalescingBatcher:
     requests per second (`submit` wraps one in a future for callers that want one).
     """
 
-    def __init__(self, call: ModelCall, max_rows: int, max_in_flight: int, timeout_s: float) -> None:
+    def __init__(self, call: ModelCall, max_rows: int, max_in_flight: int, timeout_s: float,
+                 replicas: Callable[[], int] = lambda: 1) -> None:
+        """`max_in_flight` calls per replica of the model, and `replicas()` how many it has now:
+        a member that scales out gets calls in parallel instead of the same calls spread thinner."""
         self.call = call
         self._max_rows = max_rows
         self._max_in_flight = max_in_flight
+        self._replicas = replicas
         self._timeout_s = timeout_s
         self._queue: deque[tuple[np.ndarray, RowsWaiter, int]] = deque()
         self._running: list[float] = []  # start times of the calls in flight, oldest first
@@ -97,7 +101,7 @@ class CoalescingBatcher:
         self._start_calls()
 
     def _start_calls(self) -> None:
-        while len(self._running) < self._max_in_flight:
+        while len(self._running) < self._max_in_flight * max(1, self._replicas()):
             # Rows whose caller stopped waiting (past its deadline) are not sent.
             while self._queue and not self._queue[0][1].wanted():
                 self._queue.popleft()

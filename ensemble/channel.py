@@ -354,6 +354,11 @@ class DirectMember:
         self._connections[endpoint] = connection
         return connection
 
+    def replicas(self) -> int:
+        """The replicas known to take calls now (at least one: Serve's path has one too)."""
+        now = time.monotonic()
+        return max(1, sum(1 for endpoint in self._chosen if self._skip_until.get(endpoint, 0.0) <= now))
+
     async def predict(self, windows: np.ndarray) -> np.ndarray:
         endpoint = await self._endpoint()
         body = None if endpoint is None else await self._call(endpoint, windows)

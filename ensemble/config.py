@@ -19,7 +19,7 @@ from ensemble.trust import TrustSpec
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 VERSION_PATTERN = re.compile(r"^v[0-9]+[a-z0-9_]*$")
-AUTOSCALING_POLICY = "deployments.autoscaling:ongoing_calls_policy"
+AUTOSCALING_POLICY = "deployments.autoscaling:MemberLoadPolicy"
 
 
 class AutoscalingSpec(StrictModel):
@@ -30,6 +30,11 @@ class AutoscalingSpec(StrictModel):
     initial_replicas: int | None = Field(None, ge=0, description="Replicas started on deploy; min_replicas when unset.")
     target_ongoing_requests: float = Field(
         2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    target_cpu_fraction: float = Field(
+        0.8, gt=0, le=1,
+        description="Share of its framework threads' time a member replica may spend on the CPU before the "
+        "autoscaler adds one (replicas that report none, the router's, scale on ongoing requests only).",
     )
     upscale_delay_s: float = Field(5.0, ge=0, description="Seconds a scale-up decision must hold before it acts.")
     downscale_delay_s: float = Field(30.0, ge=0, description="Seconds a scale-down decision must hold before it acts.")
@@ -46,8 +51,10 @@ class AutoscalingSpec(StrictModel):
 
     def to_serve(self) -> dict[str, Any]:
         """The dict Ray Serve's `autoscaling_config` takes, with the policy that also counts
-        calls over member replicas' direct channels (`deployments.autoscaling`)."""
-        return {**self.model_dump(exclude_none=True), "policy": {"policy_function": AUTOSCALING_POLICY}}
+        calls over member replicas' direct channels and their CPU (`deployments.autoscaling`)."""
+        serve_fields = self.model_dump(exclude_none=True, exclude={"target_cpu_fraction"})
+        policy = {"policy_function": AUTOSCALING_POLICY, "policy_kwargs": {"target_cpu_fraction": self.target_cpu_fraction}}
+        return {**serve_fields, "policy": policy}
 
 
 class ReplicaSpec(StrictModel):
@@ -167,9 +174,9 @@ class RouterSpec(ReplicaSpec):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")
     max_in_flight: int = Field(
         1, ge=1,
-        description="Model calls per member version and router replica in flight at once; requests arriving "
-        "meanwhile are merged into the next call. One makes the largest calls (measured best on two cores); raise "
-        "it for a member version that runs several replicas.",
+        description="Model calls in flight at once from a router replica to each replica of a member version "
+        "(those it knows over the direct channel; one replica otherwise); requests arriving meanwhile are merged "
+        "into the next call. One makes the largest calls (measured best on two cores).",
     )
     member_url: str | None = Field(
         None, pattern=r"^https?://[^/]+$",

@@ -111,13 +111,18 @@ class EnsemblePredictor:
         on_shadow: Callable[[ShadowOutcome], None] = lambda outcome: None,
         max_shadow_rows: int = 1024,
         rng: random.Random | None = None,
+        replicas: Mapping[tuple[str, str], Callable[[], int]] | None = None,
     ) -> None:
+        """`replicas[(model, version)]()`: how many replicas that version runs now (one where
+        unknown); `max_in_flight` calls go to each."""
         self.models = list(calls)
         self._weights = weights
         self._deadline_s = deadline_s
         self._member_timeout_s = max(member_timeout_s or deadline_s, deadline_s)
+        replicas = replicas or {}
         self._batchers = {
-            (model, version): CoalescingBatcher(call, max_rows, max_in_flight, self._member_timeout_s)
+            (model, version): CoalescingBatcher(call, max_rows, max_in_flight, self._member_timeout_s,
+                                                replicas.get((model, version), lambda: 1))
             for model, versions in calls.items()
             for version, call in versions.items()
         }

@@ -100,3 +100,28 @@ def test_call_time_is_the_last_calls_or_the_running_calls_age():
 
     finished, running, last = run(scenario())
     assert 0.05 <= finished < 0.15 and 0.15 <= running < 0.3 and last >= 0.3
+
+
+def test_calls_in_flight_follow_the_replicas_the_model_runs():
+    async def scenario():
+        release = asyncio.Event()
+        started = []
+
+        async def model(rows: np.ndarray) -> np.ndarray:
+            started.append(len(rows))
+            await release.wait()
+            return rows.sum(axis=1)
+
+        replicas = [1]
+        batcher = CoalescingBatcher(model, max_rows=1, max_in_flight=1, timeout_s=5.0, replicas=lambda: replicas[0])
+        futures = [batcher.submit(np.ones((1, 2), dtype=np.float32)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert len(started) == 1  # one replica: one call at a time
+        replicas[0] = 2  # the member scaled out
+        futures.append(batcher.submit(np.ones((1, 2), dtype=np.float32)))
+        await asyncio.sleep(0)
+        assert len(started) == 2
+        release.set()
+        assert [float(f[0]) for f in await asyncio.gather(*futures)] == [2.0] * 4
+
+    run(scenario())
