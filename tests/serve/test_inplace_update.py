@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
-from ensemble.config import ENSEMBLE_IMPORT_PATH, MEMBER_IMPORT_PATH, member_route
+from ensemble.config import AUTOSCALING_POLICY, ENSEMBLE_IMPORT_PATH, MEMBER_IMPORT_PATH, member_route
 from ensemble.deploy_plan import progress, statuses
 from graphs.deploy import DeployFailed
 from graphs.deploy import deploy as deploy_safely
@@ -26,11 +26,11 @@ TINY = {"num_cpus": 0.01}  # the session's other apps hold most of Ray's 2 logic
 
 
 def config(model_root: str, state_url: str, versions: dict[str, list[str]], name: str = "inplace",
-           member_url: str | None = None, router: dict | None = None) -> dict:
+           member_url: str | None = None, router: dict | None = None, member: dict | None = None) -> dict:
     """What a Serve YAML with member applications holds, as `serve deploy` sends it.
 
     With `member_url`, the router calls the members over HTTP at their route prefixes; `router`
-    adds to the router's settings.
+    adds to the router's settings and `member` to every member application's.
     """
     router = {**TINY, **({"member_url": member_url, "member_transport": "http"} if member_url else {}), **(router or {})}
     ensemble = {
@@ -41,7 +41,7 @@ def config(model_root: str, state_url: str, versions: dict[str, list[str]], name
     }
     members = [
         {"name": f"{m}-{v}", "route_prefix": member_route(m, v) if member_url else None,
-         "import_path": MEMBER_IMPORT_PATH, "args": {"model_root": model_root, "model": m, "version": v, **TINY}}
+         "import_path": MEMBER_IMPORT_PATH, "args": {"model_root": model_root, "model": m, "version": v, **TINY, **(member or {})}}
         for m, vs in versions.items() for v in vs
     ]
     return {"applications": [ensemble, *members]}
@@ -147,7 +147,10 @@ PATIENT = {"deadline_s": 30, "member_timeout_s": 30}
 def test_swapping_every_member_version_keeps_every_member_answering(serve_session):
     root, state = str(serve_session.model_root), serve_session.state_url.replace("ensemble.db", "swapped.db")
     v1 = config(root, state, {"xgboost": ["v1"], "lightgbm": ["v1"]}, "swapped", router=PATIENT)
-    v2 = config(root, state, {"xgboost": ["v2"], "lightgbm": ["v2"]}, "swapped", router=PATIENT)
+    # The new versions autoscale: Serve builds the graphs' policy, with its target, for them.
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_cpu_fraction": 0.9}
+    v2 = config(root, state, {"xgboost": ["v2"], "lightgbm": ["v2"]}, "swapped", router=PATIENT,
+                member={"autoscaling": autoscaling})
     deploy(v1)
     try:
         wait_until(lambda: httpx.get(f"{serve_session.url}/swapped/readyz").status_code == 200, 120, "v1 ready")
@@ -158,6 +161,9 @@ def test_swapping_every_member_version_keeps_every_member_answering(serve_sessio
         versions = versions_answered(answers)
         assert versions[0] == ("v1", "v1") and versions[-1] == ("v2", "v2")
         wait_until(lambda: not {"xgboost-v1", "lightgbm-v1"} & set(serve.status().applications), 60, "v1 deleted")
+        deployed = ControllerApi().details()["applications"]["xgboost-v2"]["deployments"]["xgboost-v2"]
+        policy = deployed["deployment_config"]["autoscaling_config"]["policy"]
+        assert policy["policy_function"] == AUTOSCALING_POLICY and policy["policy_kwargs"] == {"target_cpu_fraction": 0.9}
     finally:
         for app in ("swapped", "xgboost-v1", "lightgbm-v1", "xgboost-v2", "lightgbm-v2"):
             serve.delete(app)
