@@ -11,7 +11,6 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import pytest
-import ray
 from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
@@ -189,9 +188,9 @@ def test_a_deploy_that_fails_is_undone_while_the_old_graph_keeps_answering(serve
 
 
 def router_replicas(app: str) -> set[str]:
-    """Names of the router replicas' actors alive now."""
-    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["name"].startswith(f"SERVE_REPLICA::{app}#EnsembleRouter#")}
+    """The router replicas Serve holds now, stopping ones included, by id."""
+    deployments = ControllerApi().details()["applications"].get(app, {}).get("deployments", {})
+    return {replica["replica_id"] for replica in deployments.get("EnsembleRouter", {}).get("replicas", [])}
 
 
 def test_router_replicas_that_stop_ship_their_predictions_first(client: httpx.Client, serve_session):
