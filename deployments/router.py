@@ -241,13 +241,13 @@ class EnsembleRouter:
             for model, spec in self.args.members.items()
             for version in spec.versions
         }
-        self.traffic = {model: {"split": spec.split(), "shadow": dict(spec.shadow)}
+        traffic = {model: {"split": spec.split(), "shadow": dict(spec.shadow)}
                         for model, spec in self.args.members.items()}
         self.metrics = MemberMetrics()
         self.predictor = EnsemblePredictor(
             calls={model: {version: self.metrics.timed(model, version, call) for version, call in versions.items()}
                    for model, versions in self._predict.items()},
-            traffic=self.traffic,
+            traffic=traffic,
             weights=lambda: self.weights,
             deadline_s=router.deadline_s,
             member_timeout_s=router.member_timeout_s,
@@ -291,7 +291,7 @@ class EnsembleRouter:
 
     async def _follow_control(self) -> None:
         """Long-poll the control plane so a change reaches this replica as soon as it happens."""
-        epoch, applied = -1, self.traffic
+        epoch, applied = -1, self.predictor.traffic()
         while True:
             try:
                 snapshot = await self.control.snapshot.remote(epoch, POLL_WAIT_S)
@@ -301,7 +301,7 @@ class EnsembleRouter:
                     if kept:
                         logger.warning("traffic for versions this replica does not call (a deploy replacing them); "
                                        "keeping the current split of %s", ", ".join(kept))
-                    applied, self.traffic = snapshot["traffic"], self.predictor.traffic()
+                    applied = snapshot["traffic"]
             except Exception:  # noqa: BLE001 - keep serving with the last weights; retry
                 logger.warning("control plane unreachable; serving with the last weights and traffic", exc_info=True)
                 await asyncio.sleep(0.5)
@@ -421,11 +421,12 @@ class EnsembleRouter:
             return_exceptions=True,
         )
         by_name = {info["deployment"]: info for info in infos if isinstance(info, dict)}
+        traffic = self.predictor.traffic()
         return json_response({
             model: {
                 "prior": spec.prior,
-                "traffic": self.traffic[model]["split"],
-                "shadow": self.traffic[model]["shadow"],
+                "traffic": traffic[model]["split"],
+                "shadow": traffic[model]["shadow"],
                 "versions": {v: by_name.get(deployment_name(model, v), {"error": "unavailable"}) for v in spec.versions},
             }
             for model, spec in self.args.members.items()

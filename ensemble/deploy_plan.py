@@ -54,10 +54,10 @@ def previous_config(target: Mapping[str, Any], deployed: Mapping[str, Mapping[st
 
 def progress(current: Mapping[str, str], names: Iterable[str]) -> Progress:
     """Whether the named applications all run, one has failed, or some are still deploying."""
-    states = [current.get(name) for name in names]
-    if any(state in FAILED for state in states):
+    names = list(names)
+    if any(current.get(name) in FAILED for name in names):
         return "failed"
-    return "running" if all(state == RUNNING for state in states) else "waiting"
+    return "waiting" if still_deploying(current, names) else "running"
 
 
 def still_deploying(current: Mapping[str, str], names: Iterable[str]) -> list[str]:

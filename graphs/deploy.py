@@ -23,7 +23,7 @@ from ensemble.deploy_plan import Progress, deployed_configs, previous_config, pr
 
 
 class DeployFailed(RuntimeError):
-    """The config's applications did not all run; what ran before was deployed again."""
+    """The config's applications did not all run; what ran before, if anything, was deployed again."""
 
 
 class ServeApi(Protocol):
@@ -66,7 +66,7 @@ def deploy(api: ServeApi, target: dict[str, Any], timeout_s: float, poll_s: floa
     surge = surge_config(target, deployed)
     names = [app["name"] for app in target["applications"]]
     if surge is not None:
-        kept = [app["name"] for app in surge["applications"][len(names):]]
+        kept = [app["name"] for app in surge["applications"] if app["name"] not in names]
         say(f"keeping {', '.join(kept)} until {', '.join(names)} run")
     api.deploy(surge or target)
     state = _wait(api, names, timeout_s, poll_s)
