@@ -6,6 +6,7 @@ annotations here: FastAPI must see the real `Request` type on the routes Serve r
 """
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -258,6 +259,7 @@ class EnsembleRouter:
             replicas=replicas,
         )
         self.admin_token = admin_token(os.environ)
+        gc.set_threshold(router.gc_threshold, *gc.get_threshold()[1:])
         self.dropped_log_rows = metrics.Counter(
             "ensemble_prediction_log_dropped",
             "Predictions dropped before reaching the log (control plane down too long, or it refused them).",

@@ -178,6 +178,14 @@ class RouterSpec(ReplicaSpec):
         "(those it knows over the direct channel; one replica otherwise); requests arriving meanwhile are merged "
         "into the next call. One makes the largest calls (measured best on two cores).",
     )
+    gc_threshold: int = Field(
+        20_000, ge=1,
+        description="Python's first-generation garbage-collection threshold in a router replica (Python's default "
+        "is 700). Each request briefly holds a few hundred containers (the parsed window's "
+        "rows, its futures), so at 700 the collector runs every few requests and walks every request in flight, "
+        "and promotes them to the older generations, whose collections pause longer. Reference counting frees almost "
+        "all of them anyway.",
+    )
     member_url: str | None = Field(
         None, pattern=r"^https?://[^/]+$",
         description="Base URL of Serve's HTTP ingress as seen from a router replica (e.g. http://127.0.0.1:8000): "
