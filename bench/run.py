@@ -258,7 +258,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"what to run, from {','.join(ALL_SYSTEMS)}")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="most seconds to wait before each server for other work on the machine to end")
-    parser.add_argument("--member-seconds", type=float, default=3.0, help="seconds per member-check measurement")
+    parser.add_argument("--member-seconds", type=float, default=2.0, help="seconds per member-check measurement")
     parser.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
     parser.add_argument("--plots-dir", default=str(REPO / "bench" / "plots"))
     parser.add_argument("--no-plots", action="store_true")
