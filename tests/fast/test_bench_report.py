@@ -19,8 +19,11 @@ BESIDE = [1000.0, 500.0, 1000.0]
 SERVED = {"direct channel": [800.0, 450.0, 600.0], "direct channel, 8 in flight": [700.0, 300.0, 900.0]}
 
 
+def rates(rows_per_s: list[float]) -> dict:
+    return member_check.median_rate([{"rows_per_s": r} for r in rows_per_s])
+
+
 def member_check_results() -> dict:
-    rates = lambda rows_per_s: member_check.median_rate([{"rows_per_s": r} for r in rows_per_s])  # noqa: E731
     return {"batch": 64, "in_process": {"xgboost-v1": {"rows_per_s": 1100.0}},
             "beside": {"xgboost-v1": rates(BESIDE)},
             "serve": {"handle": {"xgboost-v1": {"rows_per_s": 500.0}},
