@@ -7,8 +7,9 @@ deploys a member application (`graphs.ensemble:build_member`, 0.2 CPU), reached 
 turn, twice each, with K calls in flight (two by default) for S seconds: its `predict` method
 through a `DeploymentHandle` (pickled numpy over Serve's gRPC); its `/members/xgboost-v1` route through Serve's ingress (`ensemble.wire`
 bodies, aiohttp, keep-alive); and its direct channel (`ensemble.channel`, the replica chosen by
-Serve's request router), as the router does. CPU seconds of the caller, the replica and HAProxy
-are divided by the calls answered. Last, what one replica choice by Serve's request router
+Serve's request router), sharing memory with the replica as the router on its node does
+(`direct`) and with the windows in the frames as a router on another node does (`direct_tcp`).
+CPU seconds of the caller, the replica and HAProxy are divided by the calls answered. Last, what one replica choice by Serve's request router
 (`choose_replica`, pick-only) costs the caller: DirectMember asks for one every 0.1 s, not per
 call.
 """
@@ -73,17 +74,20 @@ async def _compare(rows: int, seconds: float, in_flight: int) -> dict[str, list[
     windows = sample_windows(rows, seed=3).astype(np.float32)
     name = deployment_name(MODEL, VERSION)
     handle = serve.get_deployment_handle(name, app_name=name)
-    results: dict[str, list[dict[str, float]]] = {"handle": [], "http": [], "direct": [], "serve_choice": []}
+    results: dict[str, list[dict[str, float]]] = {"handle": [], "http": [], "direct": [], "direct_tcp": [],
+                                                  "serve_choice": []}
     async with aiohttp.ClientSession() as session:
         member = HttpMember(session, f"http://127.0.0.1:{PORT}{member_route(MODEL, VERSION)}")  # the router's client
-        direct = direct_member(handle)
+        direct, direct_tcp = direct_member(handle), direct_member(handle, same_node=False)
         for _ in range(2):
             results["handle"].append(await _measure(lambda: handle.predict.remote(windows), seconds, in_flight))
             results["http"].append(await _measure(lambda: member.predict(windows), seconds, in_flight))
             results["direct"].append(await _measure(lambda: direct.predict(windows), seconds, in_flight))
+            results["direct_tcp"].append(await _measure(lambda: direct_tcp.predict(windows), seconds, in_flight))
             # What DirectMember saves by asking Serve for a replica every 0.1 s instead of per call.
-            results["serve_choice"].append(await _measure(lambda: chosen_channel(handle), seconds, in_flight))
+            results["serve_choice"].append(await _measure(lambda: chosen_channel(handle, None), seconds, in_flight))
         direct.close()
+        direct_tcp.close()
     # On this loop: the handle's router runs here under RAY_SERVE_THROUGHPUT_OPTIMIZED.
     await serve.shutdown_async()
     return results

@@ -35,7 +35,10 @@ BATCH = 64
 # (label, transport, calls kept outstanding). Two: the replica always has the next call queued,
 # so this is its capacity, not the round trip. Eight: calls queue while the model runs and the
 # member's `serve.batch` merges them, as when several router replicas share a member.
+# The direct channel shares memory with the replica, as the router on its node does; "TCP"
+# sends the windows in the frames, as a router on another node does.
 PATHS = (("handle", "handle", 2), ("HTTP", "http", 2), ("HTTP, 8 in flight", "http", 8),
+         ("direct channel, TCP", "direct-tcp", 2), ("direct channel, TCP, 8 in flight", "direct-tcp", 8),
          ("direct channel", "direct", 2), ("direct channel, 8 in flight", "direct", 8))
 PAIRED = ("direct channel", "direct channel, 8 in flight")  # the router's own transport
 ROUNDS = 5
@@ -113,13 +116,18 @@ async def _no_fallback(windows: np.ndarray) -> np.ndarray:
     raise RuntimeError("the member's direct channel was not used")
 
 
-def direct_member(handle: DeploymentHandle) -> DirectMember:
+def direct_member(handle: DeploymentHandle, same_node: bool = True) -> DirectMember:
     """The router's own `DirectMember` for `handle`'s deployment, here forbidden to fall back:
-    a measurement of the channel must not quietly measure Serve's path."""
+    a measurement of the channel must not quietly measure Serve's path. It shares memory with a
+    replica on this node, as the router does; with `same_node` false it does as a caller on
+    another node (windows in the frames)."""
+    import ray
+
     from deployments.router import chosen_channel
     from ensemble.channel import DirectMember
 
-    return DirectMember(partial(chosen_channel, handle), fallback=_no_fallback)
+    node_id = ray.get_runtime_context().get_node_id() if same_node else None
+    return DirectMember(partial(chosen_channel, handle, node_id), fallback=_no_fallback)
 
 
 def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dict[str, Any]:
@@ -147,9 +155,9 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
                 runtime = _runtime(root, model, version, threads)
                 handle = serve.get_deployment_handle(name, app_name=name)
                 member = HttpMember(session, f"http://127.0.0.1:{port}{member_route(model, version)}")
-                direct = direct_member(handle)
+                direct, direct_tcp = direct_member(handle), direct_member(handle, same_node=False)
                 calls = {"handle": lambda: handle.predict.remote(batch), "http": lambda: member.predict(batch),
-                         "direct": lambda: direct.predict(batch)}
+                         "direct": lambda: direct.predict(batch), "direct-tcp": lambda: direct_tcp.predict(batch)}
 
                 async def rate(transport: str, in_flight: int) -> dict[str, float]:
                     await calls[transport]()
@@ -171,6 +179,7 @@ def measure_in_serve(seconds: float, port: int, graph: str | None = None) -> dic
                 paired[name] = paired_ratios(beside[name]["rounds"], {label: served[label][name]["rounds"]
                                                                       for label in PAIRED})
                 direct.close()
+                direct_tcp.close()
         # The handles' routers run on this loop, which closes on return: shut them down now, or
         # serve.shutdown() would try to on the closed loop (RuntimeError: Event loop is closed).
         await _get_global_client().shutdown_cached_handles_async()

@@ -45,7 +45,8 @@ class ModelDeployment:
         self.channel = ChannelServer(merged_model_calls(
             partial(decode_windows, window=contract.window, n_features=contract.n_features),
             self.runtime.predict, max_batch_rows))
-        self.channel_endpoint = await self.channel.start(ray.util.get_node_ip_address())
+        self.channel_endpoint = (await self.channel.start(ray.util.get_node_ip_address()))[:2]  # host, port
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.cpu = CpuMeter(num_threads)
         logger.info("%s loaded in %s (predicting with %s) on %s with %d framework threads; channel on %s:%d",
                     self.name, self.runtime.framework, self.runtime.engine, self.runtime.device, num_threads,
@@ -73,8 +74,9 @@ class ModelDeployment:
         return Response(encode(await self.predict(windows)), media_type=CONTENT_TYPE)
 
     def record_replica_metadata(self) -> dict[str, Any]:
-        """Published by Serve with this replica to every handle: where its direct channel listens."""
-        return {"channel": list(self.channel_endpoint)}
+        """Published by Serve with this replica to every handle: where its direct channel listens,
+        and on which node (a caller there shares memory with it, `ensemble.arena`)."""
+        return {"channel": list(self.channel_endpoint), "node_id": self.node_id}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Calls over the channel (Serve counts only its own requests) and how busy the framework
@@ -86,4 +88,5 @@ class ModelDeployment:
         and the device it really runs on."""
         return {"deployment": self.name, "runtime": self.runtime.framework, "engine": self.runtime.engine,
                 "device": self.runtime.device, "pid": os.getpid(), "channel": list(self.channel_endpoint),
-                "channel_calls": self.channel.answered, "manifest": self.runtime.manifest.model_dump(mode="json")}
+                "channel_calls": self.channel.answered, "channel_calls_in_shared_memory": self.channel.answered_in_arena,
+                "manifest": self.runtime.manifest.model_dump(mode="json")}

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 import numpy as np
 import orjson
+import ray
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
@@ -186,16 +187,19 @@ async def wait_for_member_apps(names: list[str], wait_s: float) -> None:
         await asyncio.sleep(MEMBER_POLL_S)
 
 
-async def chosen_channel(handle: DeploymentHandle) -> Endpoint | None:
+async def chosen_channel(handle: DeploymentHandle, node_id: str | None) -> Endpoint | None:
     """The direct channel of the replica Serve's request router chooses now (`DirectMember` asks
-    this to learn the replicas, not per call).
+    this to learn the replicas, not per call), and whether it runs on the caller's node `node_id`.
 
     Pick-only (`_reserve=False`, as Serve's own HAProxy ingress picks): reserving a slot costs
     two actor calls per choice.
     """
     async with handle.choose_replica(_reserve=False) as selection:
-        channel = selection.replica_metadata.get("channel")
-    return (channel[0], channel[1]) if channel else None
+        metadata = selection.replica_metadata
+    channel = metadata.get("channel")
+    if not channel:
+        return None
+    return Endpoint(channel[0], channel[1], same_node=node_id is not None and metadata.get("node_id") == node_id)
 
 
 @serve.deployment
@@ -228,9 +232,10 @@ class EnsembleRouter:
         self._direct: list[DirectMember] = []
         replicas: dict[tuple[str, str], Callable[[], int]] = {}
         if router.direct_channel:
+            node_id = ray.get_runtime_context().get_node_id()
             for model, versions in handles.items():
                 for version, handle in versions.items():
-                    direct = DirectMember(partial(chosen_channel, handle), fallback=self._predict[model][version])
+                    direct = DirectMember(partial(chosen_channel, handle, node_id), fallback=self._predict[model][version])
                     self._direct.append(direct)
                     self._predict[model][version] = direct.predict
                     replicas[(model, version)] = direct.replicas

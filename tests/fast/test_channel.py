@@ -9,15 +9,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ensemble.channel import (CALL, MAX_FRAME_BYTES, OK, REPLY, ChannelError, ChannelServer, DirectMember, Endpoint,
-                              FramesHandler, _Frames, merged_model_calls)
+from ensemble.arena import ArenaError
+from ensemble.channel import (ARENA_REF, CALL, IN_ARENA, MAX_FRAME_BYTES, OK, REPLY, ChannelError, ChannelServer,
+                              DirectMember, Endpoint, FramesHandler, _Frames, merged_model_calls)
 from ensemble.wire import decode_predictions, decode_windows, encode
 
 WINDOW, FEATURES = 4, 2
 
 
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+def run(coro: Awaitable[Any], loop: str = "asyncio") -> Any:
+    """Runs `coro` on asyncio's own loop or on uvloop, which Serve's replicas run."""
+    runner = pytest.importorskip("uvloop").run if loop == "uvloop" else asyncio.run
+    return runner(asyncio.wait_for(coro, 20))
 
 
 def windows(n: int, start: float = 0.0) -> np.ndarray:
@@ -71,7 +74,8 @@ class Choices:
         return self.endpoints[min(self.asked, len(self.endpoints)) - 1]
 
 
-def test_concurrent_calls_on_one_connection_each_get_their_own_answer():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_concurrent_calls_on_one_connection_each_get_their_own_answer(loop: str):
     async def scenario() -> None:
         server = ChannelServer(row_sums)
         endpoint = await server.start("127.0.0.1")
@@ -85,7 +89,7 @@ def test_concurrent_calls_on_one_connection_each_get_their_own_answer():
         member.close()
         server.close()
 
-    run(scenario())
+    run(scenario(), loop)
 
 
 def test_serve_is_asked_for_a_replica_once_per_refresh_not_once_per_call():
@@ -192,9 +196,9 @@ def test_calls_received_back_to_back_reach_the_model_together_and_a_lone_call_wa
     async def scenario() -> None:
         model = RowSums()
         server = ChannelServer(merged_model_calls(decode, model, max_rows=256))
-        reader, writer = await asyncio.open_connection(*await server.start("127.0.0.1"))
+        reader, writer = await asyncio.open_connection(*(await server.start("127.0.0.1"))[:2])
         blocks = [windows(n, start=n) for n in (2, 3, 4)]
-        stream = b"".join(CALL.pack(i, len(encode(b))) + encode(b) for i, b in enumerate(blocks))
+        stream = b"".join(CALL.pack(i, len(encode(b))) + encode(b) for i, b in enumerate(blocks, start=1))
         cut = CALL.size + len(encode(blocks[0])) + 5  # the first call and a piece of the second
         writer.write(stream[:cut])
         await writer.drain()
@@ -207,7 +211,7 @@ def test_calls_received_back_to_back_reach_the_model_together_and_a_lone_call_wa
             call_id, status, size = REPLY.unpack(await reader.readexactly(REPLY.size))
             replies[call_id] = (status, await reader.readexactly(size))
         assert model.calls == [9]  # one model call for the three
-        for i, block in enumerate(blocks):
+        for i, block in enumerate(blocks, start=1):
             assert np.allclose(decode_predictions(replies[i][1], len(block)), block.sum(axis=(1, 2)))
         writer.write(CALL.pack(7, len(encode(blocks[0]))) + encode(blocks[0]))  # alone: answered at once
         call_id, status, size = REPLY.unpack(await reader.readexactly(REPLY.size))
@@ -250,6 +254,111 @@ def test_a_frame_announcing_more_than_the_limit_is_refused_once_its_header_is_in
         frames.feed(header[3:])
     with pytest.raises(ValueError, match="exceeds"):
         _Frames(CALL).feed(header + b"x")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_caller_on_the_replicas_node_sends_its_windows_through_shared_memory(loop: str):
+    async def scenario() -> None:
+        model = RowSums()
+        server = ChannelServer(merged_model_calls(decode, model, max_rows=256))
+        fallback = Fallback()
+        member = DirectMember(Choices((await server.start("127.0.0.1"))._replace(same_node=True)), fallback)
+        # 200 000 windows of 4x2 (6.4 MB) do not fit the 4 MiB arena: that call goes in its frame.
+        blocks = [windows(n, start=n) for n in (1, 64, 3, 256, 200_000)] * 3
+        answers = await asyncio.gather(*(member.predict(block) for block in blocks))
+        for block, answer in zip(blocks, answers):
+            assert np.allclose(answer, block.sum(axis=(1, 2)))
+        (connection,) = member._connections.values()
+        assert connection.shares_memory and connection._arena.slots_in_use == 0 and fallback.calls == 0
+        assert sum(model.calls) == sum(len(block) for block in blocks)
+        member.close()
+        server.close()
+
+    run(scenario(), loop)
+
+
+def test_a_replica_that_cannot_map_the_arena_gets_the_windows_in_the_frames(monkeypatch: pytest.MonkeyPatch):
+    def refuse(path: str) -> memoryview:
+        raise ArenaError(f"{path} is not a channel arena")
+
+    monkeypatch.setattr("ensemble.channel.open_arena", refuse)
+
+    async def scenario() -> None:
+        server = ChannelServer(row_sums)
+        member = DirectMember(Choices((await server.start("127.0.0.1"))._replace(same_node=True)), Fallback())
+        assert np.allclose(await member.predict(windows(5)), windows(5).sum(axis=(1, 2)))
+        (connection,) = member._connections.values()
+        assert not connection.shares_memory
+        member.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_call_given_up_keeps_its_windows_in_the_arena_until_the_replica_answers():
+    async def scenario() -> None:
+        release = asyncio.Event()
+        server = ChannelServer(held_until(release))
+        member = DirectMember(Choices((await server.start("127.0.0.1"))._replace(same_node=True)), Fallback())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await member.predict(windows(3))
+        (connection,) = member._connections.values()
+        assert connection._arena.slots_in_use == 1  # the replica may still be reading them
+        release.set()
+        assert np.allclose(await member.predict(windows(2, 5.0)), windows(2, 5.0).sum(axis=(1, 2)))
+        assert connection._arena.slots_in_use == 0
+        member.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_call_in_an_arena_never_attached_closes_the_connection():
+    async def scenario() -> None:
+        server = ChannelServer(row_sums)
+        reader, writer = await asyncio.open_connection(*(await server.start("127.0.0.1"))[:2])
+        writer.write(CALL.pack(1 | IN_ARENA, ARENA_REF.size) + ARENA_REF.pack(0, 64))
+        assert await reader.read() == b""
+        writer.close()
+        server.close()
+
+    run(scenario())
+
+
+class ChosenReplica:
+    """What `handle.choose_replica` yields: the replica's published metadata."""
+
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        self.replica_metadata = metadata
+
+    async def __aenter__(self) -> ChosenReplica:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class OneReplicaHandle:
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        self.metadata = metadata
+
+    def choose_replica(self, _reserve: bool) -> ChosenReplica:
+        return ChosenReplica(self.metadata)
+
+
+def test_the_router_shares_memory_only_with_replicas_on_its_node():
+    from deployments.router import chosen_channel
+
+    def choose(metadata: dict[str, Any], node_id: str | None) -> Endpoint | None:
+        return run(chosen_channel(OneReplicaHandle(metadata), node_id))
+
+    published = {"channel": ["10.0.0.5", 4321], "node_id": "node-a"}
+    assert choose(published, "node-a") == Endpoint("10.0.0.5", 4321, same_node=True)
+    assert choose(published, "node-b") == Endpoint("10.0.0.5", 4321, same_node=False)
+    assert choose(published, None) == Endpoint("10.0.0.5", 4321, same_node=False)
+    assert choose({"channel": ["10.0.0.5", 4321]}, "node-a").same_node is False
+    assert choose({}, "node-a") is None
 
 
 def test_a_model_error_reaches_the_caller_and_is_not_retried_elsewhere():

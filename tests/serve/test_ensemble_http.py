@@ -109,17 +109,19 @@ def test_members_endpoint_reports_manifests(client: httpx.Client):
     assert (v1["runtime"], v1["device"], v1["manifest"]["framework"]) == ("onnx", "cpu", "onnx")
 
 
-def test_member_calls_go_over_the_replicas_direct_channels(client: httpx.Client):
-    def answered() -> dict[str, int]:
+def test_member_calls_go_over_the_replicas_direct_channels_through_shared_memory(client: httpx.Client):
+    def answered(count: str) -> dict[str, int]:
         """Calls answered over the channel, per model (over its versions: the split picks one)."""
         members = client.get("/v1/members").json()
-        return {m: sum(info["channel_calls"] for info in members[m]["versions"].values()) for m in MEMBERS}
+        return {m: sum(info[count] for info in members[m]["versions"].values()) for m in MEMBERS}
 
-    before = answered()
+    counts = ("channel_calls", "channel_calls_in_shared_memory")  # one node: the router and replicas share it
+    before = {count: answered(count) for count in counts}
     for i in range(5):
         assert client.post("/v1/predict", json={"window": window(i)}).json()["degraded"] is False
-    after = answered()
-    assert all(after[model] - before[model] >= 5 for model in before), (before, after)
+    after = {count: answered(count) for count in counts}
+    for count in counts:
+        assert all(after[count][m] - before[count][m] >= 5 for m in MEMBERS), (count, before, after)
 
 
 def test_raising_and_hanging_members_degrade_the_answer(client: httpx.Client):
