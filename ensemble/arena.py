@@ -53,6 +53,8 @@ class Arena:
     does not fit gets no slot and goes in its frame."""
 
     def __init__(self, size: int = ARENA_BYTES) -> None:
+        if not hasattr(os, "memfd_create"):
+            raise ArenaError("no anonymous memory files (memfd) on this platform")
         fd = os.memfd_create(_MEMFD_NAME, os.MFD_CLOEXEC)
         try:
             os.posix_fallocate(fd, 0, size)  # memory that is not there fails now, not as SIGBUS later

@@ -9,7 +9,8 @@ Frames: a call is `<call id u32><payload bytes u32>` then `ensemble.wire` window
 `<call id u32><status u8><payload bytes u32>` then predictions (status 0) or a UTF-8 error
 message. A caller on the replica's node first sends the path of its arena (`ensemble.arena`)
 under call id ATTACH; once the replica has mapped it, a call whose id has the IN_ARENA bit
-carries `<offset u32><bytes u32>` of its windows there instead of the windows. Calls on one connection are answered in any order. The calls that arrive back to back
+carries `<offset u32><bytes u32>` of its windows there instead of the windows. Calls on one
+connection are answered in any order. The calls that arrive back to back
 (those sent while the replica was busy) go to the handler together, and `merged_model_calls`
 answers them with one model call: the member's batching, without the per-call queue, futures
 and task of `serve.batch` (a fifth to a quarter of the replica's CPU per one-row call, about
