@@ -62,6 +62,11 @@ class Fallback:
         return np.full(len(rows), -1.0, dtype=np.float32)
 
 
+async def on_this_node(server: ChannelServer) -> Endpoint:
+    """`server` started, as Serve names it to a caller on its node."""
+    return (await server.start("127.0.0.1"))._replace(same_node=True)
+
+
 class Choices:
     """Serve's request router, as a DirectMember sees it: each answer in turn, the last one after."""
 
@@ -262,7 +267,7 @@ def test_a_caller_on_the_replicas_node_sends_its_windows_through_shared_memory(l
         model = RowSums()
         server = ChannelServer(merged_model_calls(decode, model, max_rows=256))
         fallback = Fallback()
-        member = DirectMember(Choices((await server.start("127.0.0.1"))._replace(same_node=True)), fallback)
+        member = DirectMember(Choices(await on_this_node(server)), fallback)
         # 200 000 windows of 4x2 (6.4 MB) do not fit the 4 MiB arena: that call goes in its frame.
         blocks = [windows(n, start=n) for n in (1, 64, 3, 256, 200_000)] * 3
         answers = await asyncio.gather(*(member.predict(block) for block in blocks))
@@ -285,7 +290,7 @@ def test_a_replica_that_cannot_map_the_arena_gets_the_windows_in_the_frames(monk
 
     async def scenario() -> None:
         server = ChannelServer(row_sums)
-        member = DirectMember(Choices((await server.start("127.0.0.1"))._replace(same_node=True)), Fallback())
+        member = DirectMember(Choices(await on_this_node(server)), Fallback())
         assert np.allclose(await member.predict(windows(5)), windows(5).sum(axis=(1, 2)))
         (connection,) = member._connections.values()
         assert not connection.shares_memory
@@ -299,7 +304,7 @@ def test_a_call_given_up_keeps_its_windows_in_the_arena_until_the_replica_answer
     async def scenario() -> None:
         release = asyncio.Event()
         server = ChannelServer(held_until(release))
-        member = DirectMember(Choices((await server.start("127.0.0.1"))._replace(same_node=True)), Fallback())
+        member = DirectMember(Choices(await on_this_node(server)), Fallback())
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await member.predict(windows(3))
