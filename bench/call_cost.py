@@ -9,9 +9,9 @@ through a `DeploymentHandle` (pickled numpy over Serve's gRPC); its `/members/xg
 bodies, aiohttp, keep-alive); and its direct channel (`ensemble.channel`, the replica chosen by
 Serve's request router), sharing memory with the replica as the router on its node does
 (`direct`) and with the windows in the frames as a router on another node does (`direct_tcp`).
-CPU seconds of the caller, the replica and HAProxy are divided by the calls answered. Last, what one replica choice by Serve's request router
-(`choose_replica`, pick-only) costs the caller: DirectMember asks for one every 0.1 s, not per
-call.
+CPU seconds of the caller, the replica and HAProxy are divided by the calls answered. Last,
+what one replica choice by Serve's request router (`choose_replica`, pick-only) costs the
+caller: DirectMember asks for one every 0.1 s, not per call.
 """
 from __future__ import annotations
 

@@ -88,5 +88,6 @@ class ModelDeployment:
         and the device it really runs on."""
         return {"deployment": self.name, "runtime": self.runtime.framework, "engine": self.runtime.engine,
                 "device": self.runtime.device, "pid": os.getpid(), "channel": list(self.channel_endpoint),
-                "channel_calls": self.channel.answered, "channel_calls_in_shared_memory": self.channel.answered_in_arena,
+                "channel_calls": self.channel.answered,
+                "channel_calls_in_shared_memory": self.channel.answered_in_arena,
                 "manifest": self.runtime.manifest.model_dump(mode="json")}

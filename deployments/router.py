@@ -235,7 +235,8 @@ class EnsembleRouter:
             node_id = ray.get_runtime_context().get_node_id()
             for model, versions in handles.items():
                 for version, handle in versions.items():
-                    direct = DirectMember(partial(chosen_channel, handle, node_id), fallback=self._predict[model][version])
+                    direct = DirectMember(partial(chosen_channel, handle, node_id),
+                                          fallback=self._predict[model][version])
                     self._direct.append(direct)
                     self._predict[model][version] = direct.predict
                     replicas[(model, version)] = direct.replicas

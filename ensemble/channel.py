@@ -47,13 +47,13 @@ REFRESH_S = 0.1  # how often a caller asks Serve's request router for a replica
 FORGET_AFTER = 30  # refreshes without Serve choosing a replica after which a caller forgets it
 
 
-
 class Endpoint(NamedTuple):
     """A replica's channel; `same_node` when it runs on the caller's node (the arena is used)."""
 
     host: str
     port: int
     same_node: bool = False
+
 
 # Payloads of the calls that arrived together -> each one's reply payload, or why it has none.
 FramesHandler = Callable[[list[memoryview]], Awaitable[list[bytes | Exception]]]
