@@ -4,8 +4,8 @@ A caller whose member replica runs on its node writes each call's windows into i
 anonymous memory file (memfd) that the replica maps too, and the call's frame carries only where
 they lie; the replica's model reads them in place. Over TCP loopback the windows cross the
 kernel twice and are read into freshly allocated buffers: eight 64-window calls (256 KiB each)
-in flight cost a tree replica 583 CPU µs a call there against 207 through the arena, both
-merging the calls that arrive together into one model call (BENCHMARKS.md, "What changed").
+in flight cost a tree replica 583 CPU µs a call there against 207 through the arena, where the
+calls that arrive together merge into model calls of up to 256 rows (BENCHMARKS.md, "What changed").
 
 The replica opens the arena through `/proc/<caller pid>/fd/<fd>` while the caller holds it open,
 so nothing is named in a file system and nothing outlives the two processes. The caller reserves
