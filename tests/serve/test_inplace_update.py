@@ -210,7 +210,9 @@ def test_router_replicas_that_stop_ship_their_predictions_first(client: httpx.Cl
         # A new CPU request replaces both router replicas, and with the application's arguments
         # changed, Serve restarts the control plane beside them.
         deploy(config(root, state, {"xgboost": ["v1"]}, "replaced", router={**router, "num_cpus": 0.02}))
-        wait_until(lambda: not old & router_replicas("replaced") and len(router_replicas("replaced")) == 2, 120,
+        # One read per check: while Serve builds the new version its details list no deployments,
+        # and a second read just after could see the old two again.
+        wait_until(lambda: len(now := router_replicas("replaced")) == 2 and not old & now, 120,
                    "both router replicas replaced")
         # Had the stopped replicas not shipped their predictions, these labels would wait (pending)
         # for rows that never come.
