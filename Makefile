@@ -23,10 +23,10 @@ install: $(INSTALLED)
 models: $(INSTALLED)
 	$(BIN)/python -m models.train --root $(MODEL_ROOT) --if-missing
 
-# Serve's HAProxy ingress with throughput-optimized settings won every point of the benchmark on
-# one machine and on two nodes; Serve's controller reconciling every 0.5 s instead of 0.1 s cut its
-# idle CPU about fourfold; HAProxy's per-request metrics line, parsed in Python by Serve's HAProxy
-# manager, cost a twelfth of the ensemble's CPU per answer (BENCHMARKS.md). A stopping ingress
+# Serve's HAProxy ingress with throughput-optimized settings won the benchmark's throughput at 64
+# connections in every run, on one machine and on two nodes; Serve's controller reconciling every
+# 0.5 s instead of 0.1 s cut its idle CPU about fourfold; HAProxy's per-request metrics line,
+# parsed in Python by Serve's HAProxy manager, cost a twelfth of the ensemble's CPU per answer (BENCHMARKS.md). A stopping ingress
 # replica stays reachable 2 s instead of Ray's 30 s, a wait meant for external load balancers:
 # Serve takes it out of HAProxy at once, and while it drains it holds its CPUs, which the router
 # that replaces it in a deploy waited 30 s for (BENCHMARKS.md, "Deploying under load"); Ctrl-C
