@@ -214,12 +214,12 @@ def describe(n: int, point: dict[str, Any]) -> str:
     if sched is None:
         lines.append("  (no perf: no scheduler trace)")
     else:
-        per_s = sched.seconds
-        lines.append(f"  router thread preempted {sched.preempted / per_s:.0f}/s, slept {sched.slept / per_s:.0f}/s; "
+        seconds = sched.seconds
+        lines.append(f"  router thread preempted {sched.preempted / seconds:.0f}/s, slept {sched.slept / seconds:.0f}/s; "
                      "what ran next, per second: " + ", ".join(
-                         f"{r} {count / per_s:.0f}" for r, count in sched.next_after_preempted.most_common(4)))
+                         f"{r} {count / seconds:.0f}" for r, count in sched.next_after_preempted.most_common(4)))
         lines.append("  its wakeups per second, and the share on its own CPU: " + ", ".join(
-            f"{r} {count / per_s:.0f} ({sched.wakeups_on_its_cpu[r] / count:.0%})"
+            f"{r} {count / seconds:.0f} ({sched.wakeups_on_its_cpu[r] / count:.0%})"
             for r, count in sched.wakeups.most_common(4)))
     return "\n".join(lines)
 
