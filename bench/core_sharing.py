@@ -28,8 +28,10 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Event
+from multiprocessing.synchronize import Event, Semaphore
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +140,21 @@ def measure(server: Server, script: Path, seconds: float) -> dict[str, Any]:
             "requests": result["requests"]}
 
 
-def members_point(n: int, seconds: float, script: Path, body: bytes, log_dir: Path) -> dict[str, Any]:
+@contextmanager
+def members_server(n: int, script: Path, body: bytes, log_dir: Path) -> Iterator[Server]:
+    """The harness's `n`-member application under `make serve`'s settings, ready and warmed up, then stopped."""
     server = ray_server(f"members{n}", "members", log_dir, "throughput+haproxy", ["--members", str(n)])
     server.start()
     try:
         server.wait_ready(predict_probe(body), 300)
         run_wrk(WrkRun(server.url, CONNECTIONS, 4, 2, script))
+        yield server
+    finally:
+        server.stop()
+
+
+def members_point(n: int, seconds: float, script: Path, body: bytes, log_dir: Path) -> dict[str, Any]:
+    with members_server(n, script, body, log_dir) as server:
         names = [f"{model}_{version}-v1" for model, version in EIGHT[:n]]
         before = member_calls(server, names)
         point = measure(server, script, seconds)
@@ -157,18 +168,18 @@ def members_point(n: int, seconds: float, script: Path, body: bytes, log_dir: Pa
             point["sched"] = trace(server, router_of(server), TRACE_S)
             load.wait()
         return point
-    finally:
-        server.stop()
 
 
-def ghost(model: str, version: str, stop: Event) -> None:
-    """Run one model version's runtime GHOST_HZ times a second on GHOST_ROWS rows until `stop`."""
+def ghost(model: str, version: str, loaded: Semaphore, stop: Event) -> None:
+    """Run one model version's runtime GHOST_HZ times a second on GHOST_ROWS rows until `stop`;
+    `loaded` is released once the runtime is loaded."""
     os.nice(15)
     from models.data import sample_windows
     from models.repository import load_runtime
 
     runtime = load_runtime(str(REPO / "model_repo"), model, version, num_threads=1, device="cpu")
     windows = sample_windows(GHOST_ROWS, seed=3)
+    loaded.release()
     due = time.monotonic()
     while not stop.is_set():
         runtime.predict(windows)
@@ -176,31 +187,30 @@ def ghost(model: str, version: str, stop: Event) -> None:
         stop.wait(max(0.0, due - time.monotonic()))
 
 
+def cpu_seconds(processes: list[multiprocessing.Process]) -> float:
+    return sum(sum(psutil.Process(process.pid).cpu_times()[:2]) for process in processes)
+
+
 def ghost_rounds(rounds: int, seconds: float, script: Path, body: bytes, log_dir: Path) -> list[dict[str, Any]]:
-    server = ray_server("members2-ghosts", "members", log_dir, "throughput+haproxy", ["--members", "2"])
-    server.start()
     points = []
-    try:
-        server.wait_ready(predict_probe(body), 300)
-        run_wrk(WrkRun(server.url, CONNECTIONS, 4, 2, script))
+    with members_server(2, script, body, log_dir) as server:
         for _ in range(rounds):
             for with_ghosts in (False, True):
-                stop = multiprocessing.Event()
-                ghosts = [multiprocessing.Process(target=ghost, args=(model, version, stop))
+                stop, loaded = multiprocessing.Event(), multiprocessing.Semaphore(0)
+                ghosts = [multiprocessing.Process(target=ghost, args=(model, version, loaded, stop))
                           for model, version in EIGHT[2:]] if with_ghosts else []
                 for process in ghosts:
                     process.start()
-                time.sleep(8 if ghosts else 0)  # loaded and running
-                cpu_before = sum(sum(psutil.Process(g.pid).cpu_times()[:2]) for g in ghosts)
+                for _ in ghosts:
+                    if not loaded.acquire(timeout=60):
+                        raise RuntimeError("a ghost did not load its runtime within 60 s")
+                cpu_before = cpu_seconds(ghosts)
                 point = measure(server, script, seconds)
-                point["ghost_cores"] = (sum(sum(psutil.Process(g.pid).cpu_times()[:2]) for g in ghosts)
-                                        - cpu_before) / seconds
+                point["ghost_cores"] = (cpu_seconds(ghosts) - cpu_before) / seconds
                 stop.set()
                 for process in ghosts:
                     process.join(10)
                 points.append({"ghosts": with_ghosts, **point})
-    finally:
-        server.stop()
     return points
 
 
