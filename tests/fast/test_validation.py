@@ -87,31 +87,72 @@ def test_nan_inside_numbers_is_rejected():
     assert error.status == 422 and "window[0][0]" in error.message
 
 
-def test_a_body_without_strings_or_booleans_in_its_windows_parses_the_same_by_the_shortcut():
-    from ensemble.validation import _plain_windows, _strings_beside_window, parse_window
+def same_input(a, b) -> None:
+    def given(ids: list[str]) -> list[str]:  # the ids the body gave; each parse generates new others
+        return [i if len(i) < 32 else "generated" for i in ids]
 
-    payload = {"window": window(T + 3), "key": "k1", "request_id": "r1"}
-    assert _plain_windows(body(payload), _strings_beside_window(payload))
-    np.testing.assert_array_equal(parse_window(payload["window"], "window", LIMITS, plain=True),
-                                  parse_window(payload["window"], "window", LIMITS, plain=False))
-    instances = {"instances": [window(seed=1), {"window": window(seed=2), "key": "a"}]}
-    assert _plain_windows(body(instances), 1 + _strings_beside_window(instances["instances"][1]))
+    assert (a.single, a.keys, given(a.request_ids)) == (b.single, b.keys, given(b.request_ids))
+    assert a.windows.dtype == b.windows.dtype == np.float32
+    np.testing.assert_array_equal(a.windows, b.windows)
+
+
+USUAL = [
+    {"window": window(T + 3), "key": "k1", "request_id": "r1"},
+    {"request_id": "r2", "window": np.random.default_rng(3).integers(-9, 9, size=(T, F)).tolist()},
+    {"instances": [window(seed=1), {"window": window(T + 1, seed=2), "key": "a", "request_id": "x"}]},
+]
+
+
+@pytest.mark.parametrize("payload", USUAL)
+def test_usual_bodies_parse_alike_by_simdjson_and_by_the_full_parser(payload):
+    from ensemble.validation import _parse_any, _parse_usual
+
+    raw = body(payload)
+    spaced = orjson.dumps(payload, option=orjson.OPT_INDENT_2)  # whitespace between every token
+    for shortcut in (_parse_usual(raw, LIMITS), _parse_usual(spaced, LIMITS)):
+        assert shortcut is not None
+        same_input(shortcut, _parse_any(raw, LIMITS))
+
+
+def test_numbers_in_every_json_spelling_read_alike():
+    from ensemble.validation import _parse_any, _parse_usual
+
+    rows = [f"[{','.join(['1E+2', '-0', '0.000000001', '3.4028234e38', '-1.5e-45', '123456789012', '7', '2.5e-3'])}]"]
+    raw = ('{"window":[' + ",".join(rows * T) + "]}").encode()
+    same_input(_parse_usual(raw, LIMITS), _parse_any(raw, LIMITS))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        body({"window": window(), "key": "a[1]"}),  # a '[' in a string
+        b'{"window": "abc", "window": ' + body(window()) + b"}",  # a repeated key: the last counts
+        b'{"window":[[123456789012345678901234567890' + b",1" * (F - 1) + b"]" + b",[1,1,1,1,1,1,1,1]" * (T - 1) + b"]}",
+    ],
+)
+def test_unusual_valid_bodies_are_left_to_the_full_parser(raw):
+    from ensemble.validation import _parse_any, _parse_usual
+
+    assert _parse_usual(raw, LIMITS) is None
+    same_input(parse_predict(raw, LIMITS), _parse_any(raw, LIMITS))
 
 
 @pytest.mark.parametrize(
     "raw, field",
     [
-        # Shapes the shortcut sees (no strings or booleans anywhere in the windows)
         (body({"window": window()[:-1] + [[[1.0]] * 8]}), "window[127][0]: expected a number, got list"),
         (body({"window": window()[:-1] + [{}]}), "window[127]: expected a list of 8 numbers, got dict"),
         (body({"window": window()[:-1] + [[None] * 8], "key": "k"}), "window[127][0]: expected a number, got NoneType"),
         (body({"instances": [window(), window()[:-1] + [[1.0] * 9]]}), "instances[1][127]: expected 8 features"),
-        # Strings beside escaped quotes, booleans beside strings, in either form
         (body({"window": window()[:-1] + [["1.5"] * 8], "request_id": '""' * 8}), "window[127][0]: expected a number, got str"),
         (body({"window": window()[:-1] + [["1.5"] * 8], "request_id": "r"}).replace(b'"r"', rb'"\u0022\u0022"'),
          "window[127][0]: expected a number, got str"),
         (body({"instances": [{"window": window(), "key": "true"}, window()[:-1] + [[False] * 8]]}), "instances[1][127][0]: expected a number, got bool"),
         (body({"instances": [{"window": window()[:-1] + [["2"] * 8], "key": "a"}]}), "instances[0].window[127][0]: expected a number, got str"),
+        # Rows of eight that simdjson's flattening would read as 16 numbers
+        (body({"window": window()[:-2] + [[1.0] * 7 + [[]], [1.0] * 7 + [[2.0, 3.0]]]}), "window[126][7]: expected a number, got list"),
+        (body({"window": window()[:-1] + [{str(i): 1.0 for i in range(8)}]}), "window[127]: expected a list of 8 numbers, got dict"),
+        (body({"window": window()[:-1] + ["abcdefgh"]}), "window[127]: expected a list of 8 numbers, got str"),
     ],
 )
 def test_bad_windows_are_named_whichever_way_they_are_parsed(raw, field):
