@@ -1,7 +1,9 @@
 """Autoscaling of member versions: Serve's queue-length rule counting channel calls, or CPU.
 
-Member replicas answer most calls over their direct channel (`ensemble.channel`), which Serve's
-own count of ongoing requests never sees; each replica reports those calls as a custom metric.
+Member replicas answer most calls over their direct channel (`ensemble.channel`), and router
+replicas most predict requests ahead of Serve's replica wrapper (`deployments.http_callback`),
+neither of which Serve's own count of ongoing requests sees; each replica reports them as a
+custom metric, which the policy adds to Serve's count.
 But a router keeps at most `max_in_flight` calls on each replica, so that count stays near one
 per router replica however busy the member is, and cannot ask for more replicas on its own. So
 each replica also reports how busy its framework threads are on the CPU (not waiting for one,
@@ -17,7 +19,7 @@ from collections.abc import Callable
 
 from ray.serve.config import AutoscalingContext
 
-CHANNEL_CALLS = "channel_calls_in_flight"
+UNSEEN_IN_FLIGHT = "in_flight_unseen_by_serve"  # channel calls (members), predicts (routers)
 CPU_BUSY = "framework_cpu_busy"
 
 
@@ -47,7 +49,7 @@ class MemberLoadPolicy:
         if ctx.current_num_replicas == 0:
             return ctx.target_num_replicas, {}
         metrics = ctx.aggregated_metrics or {}
-        calls = ctx.total_num_requests + sum(metrics.get(CHANNEL_CALLS, {}).values())
+        calls = ctx.total_num_requests + sum(metrics.get(UNSEEN_IN_FLIGHT, {}).values())
         by_calls = calls / ctx.config.get_target_ongoing_requests()
         by_cpu = sum(metrics.get(CPU_BUSY, {}).values()) / self.target_cpu_fraction
         return max(by_calls, by_cpu), {}

@@ -17,7 +17,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.autoscaling import CHANNEL_CALLS, CPU_BUSY, CpuMeter
+from deployments.autoscaling import CPU_BUSY, UNSEEN_IN_FLIGHT, CpuMeter
 from ensemble.batching import predict_blocks
 from ensemble.channel import ChannelServer, merged_model_calls
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
@@ -81,7 +81,7 @@ class ModelDeployment:
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Calls over the channel (Serve counts only its own requests) and how busy the framework
         threads are, for `deployments.autoscaling`."""
-        return {CHANNEL_CALLS: self.channel.mean_in_flight(), CPU_BUSY: self.cpu.busy()}
+        return {UNSEEN_IN_FLIGHT: self.channel.load.mean(), CPU_BUSY: self.cpu.busy()}
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: its manifest, its runtime, the library predicting (`engine`)

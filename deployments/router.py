@@ -34,10 +34,13 @@ from ensemble.config import GraphArgs, deployment_name, member_route
 from ensemble.deploy_plan import still_deploying
 from ensemble.fanout import CallOutcome, EnsemblePredictor, ShadowOutcome
 from ensemble.ledger import PredictionRow
+from ensemble.load import InFlight
 from ensemble.rollout import CallStats
 from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Prediction, PredictRequest, RolloutStart
 from ensemble.traffic_control import TrafficChange
 from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
+from deployments.autoscaling import UNSEEN_IN_FLIGHT
+from deployments.http_callback import answer_asgi, answer_predict_here
 from deployments.member_http import HttpMember
 from deployments.openapi import json_body
 
@@ -60,11 +63,13 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 
 class PredictFastPath:
-    """Answers POST /v1/predict ahead of FastAPI's middleware, routing and dependency layers.
+    """Answers POST /v1/predict ahead of FastAPI's middleware, routing and dependency layers,
+    where Serve's wrapper runs (no `PredictAhead` in this process: Serve's HTTP-server callback
+    unset, or Ray's own proxy in front).
 
     Those layers (error and body-limit middleware, routing, dependency solving, the exit stack)
     run per request for a route that reads bytes and writes bytes anyway, and validates its own
-    body size; skipping them, with MemberMetrics' batching, took the router from 2.9 to 2.5 CPU
+    body size; skipping them, with RouterMetrics' batching, took the router from 2.9 to 2.5 CPU
     ms per request under load. Every other route keeps them.
     """
 
@@ -76,19 +81,8 @@ class PredictFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or path != "/v1/predict":
             await self.app(scope, receive, send)
             return
-        arrived = time.perf_counter()
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
         router: EnsembleRouter = serve.get_replica_context().servable_object
-        status, content = await router.answer_predict(b"".join(chunks), arrived)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        await answer_asgi(router.answer_predict, receive, send)
 
 
 class EnsembleApp(FastAPI):
@@ -110,8 +104,9 @@ async def _request_error(_: Request, exc: RequestError) -> Response:
     return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
 
-class MemberMetrics:
-    """Per-member request counts, latencies and errors as Ray metrics (Prometheus endpoint).
+class RouterMetrics:
+    """Predict answers by status, and per-member request counts, latencies and errors, as Ray
+    metrics (Prometheus endpoint).
 
     Counters are added once per log flush from the router's call statistics and latency is
     observed once per model call (which carries many requests' rows under load): a metric
@@ -135,14 +130,22 @@ class MemberMetrics:
             "ensemble_shadow_requests", "Rows mirrored to a shadow version, by outcome (ok, error, timeout, dropped).",
             (*tags, "status"),
         )
+        # Serve counts the requests through its own wrapper; those PredictAhead answers it never sees.
+        self.answers = metrics.Counter("ensemble_predict_answers", "Predict requests answered, by HTTP status.",
+                                       ("status",))
         self._counts: dict[tuple[str, str, str], int] = {}
         self._degraded = 0
+        self._statuses: dict[int, int] = {}
 
-    def count(self, outcomes: list[CallOutcome], degraded: int) -> None:
+    def count(self, status: int, outcomes: list[CallOutcome], degraded: int) -> None:
+        self._statuses[status] = self._statuses.get(status, 0) + 1
         for outcome in outcomes:
             key = (outcome.model, outcome.version, outcome.status)
             self._counts[key] = self._counts.get(key, 0) + outcome.rows
         self._degraded += degraded
+
+    def count_refused(self, status: int) -> None:
+        self._statuses[status] = self._statuses.get(status, 0) + 1
 
     def publish(self) -> None:
         counts, self._counts = self._counts, {}
@@ -154,6 +157,9 @@ class MemberMetrics:
         if self._degraded:
             self.degraded.inc(self._degraded)
             self._degraded = 0
+        statuses, self._statuses = self._statuses, {}
+        for status, answers in statuses.items():
+            self.answers.inc(answers, {"status": str(status)})
 
     def timed(self, model: str, version: str, call: ModelCall) -> ModelCall:
         """`call`, observing how long each answer takes."""
@@ -250,7 +256,7 @@ class EnsembleRouter:
         }
         traffic = {model: {"split": spec.split(), "shadow": dict(spec.shadow)}
                         for model, spec in self.args.members.items()}
-        self.metrics = MemberMetrics()
+        self.metrics = RouterMetrics()
         self.predictor = EnsemblePredictor(
             calls={model: {version: self.metrics.timed(model, version, call) for version, call in versions.items()}
                    for model, versions in self._predict.items()},
@@ -278,6 +284,9 @@ class EnsembleRouter:
         self._shipping = asyncio.Lock()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
+        self._ahead = InFlight()
+        self._ongoing = asyncio.Semaphore(router.max_ongoing_requests)
+        answer_predict_here(self.answer_ahead)
         if self.args.member_apps:
             await wait_for_member_apps([deployment_name(model, version) for model, versions in members.items()
                                         for version in versions], router.member_wait_s)
@@ -365,10 +374,24 @@ class EnsembleRouter:
         summary="Predict the next-step return of one window or a batch",
     )
     async def predict(self, request: Request) -> Response:
-        # POST /v1/predict is answered by PredictFastPath before routing; this route documents it.
+        # POST /v1/predict is answered by PredictAhead or PredictFastPath before routing; this route documents it.
         arrived = time.perf_counter()
         status, content = await self.answer_predict(await request.body(), arrived)
         return Response(content, status, media_type="application/json")
+
+    async def answer_ahead(self, body: bytes, arrived: float) -> tuple[int, bytes]:
+        """`answer_predict` for `PredictAhead`, which runs ahead of Serve's ongoing-request count
+        and its limit: counted in flight for the autoscaler, beyond max_ongoing_requests queued."""
+        self._ahead.count(1)
+        try:
+            async with self._ongoing:
+                return await self.answer_predict(body, arrived)
+        finally:
+            self._ahead.count(-1)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Predicts answered ahead of Serve's wrapper, which its ongoing count does not see."""
+        return {UNSEEN_IN_FLIGHT: self._ahead.mean()}
 
     async def answer_predict(self, body: bytes, arrived: float) -> tuple[int, bytes]:
         """Status and JSON body answering one POST /v1/predict body that arrived at `arrived`
@@ -376,11 +399,12 @@ class EnsembleRouter:
         try:
             parsed = parse_predict(body, self.limits)
         except RequestError as exc:
+            self.metrics.count_refused(exc.status)
             return exc.status, orjson.dumps({"detail": exc.message})
         result = await self.predictor.predict(parsed.windows, parsed.keys, parsed.request_ids, arrived)
         unanswered = any(map(math.isnan, result.combined))
         answers = result.answers(parsed.request_ids)
-        self.metrics.count(result.outcomes, sum(a["degraded"] for a in answers))
+        self.metrics.count(503 if unanswered else 200, result.outcomes, sum(a["degraded"] for a in answers))
         for outcome in result.outcomes:
             self._calls.add(deployment_name(outcome.model, outcome.version), outcome.rows, outcome.status != "ok",
                             outcome.latency_s)

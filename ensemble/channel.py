@@ -30,6 +30,7 @@ import numpy as np
 
 from ensemble.arena import ARENA_BYTES, Arena, Slot, open_arena
 from ensemble.batching import predict_blocks
+from ensemble.load import InFlight
 from ensemble.wire import decode_predictions, encode
 
 logger = logging.getLogger(__name__)
@@ -200,13 +201,13 @@ class _ServerProtocol(asyncio.Protocol):
         return self._arena[offset:offset + nbytes]
 
     async def _answer(self, call_ids: list[int], payloads: list[memoryview]) -> None:
-        self._server.count(len(call_ids))
+        self._server.load.count(len(call_ids))
         try:
             replies = await self._handler(payloads)
         except Exception as exc:  # noqa: BLE001 - the callers get the message, the replica keeps serving
             replies = [exc] * len(call_ids)
         finally:
-            self._server.count(-len(call_ids))
+            self._server.load.count(-len(call_ids))
             self._server.answered += len(call_ids)
             self._server.answered_in_arena += sum(1 for call_id in call_ids if call_id & IN_ARENA)
         self._write(call_ids, replies)
@@ -229,25 +230,9 @@ class ChannelServer:
     def __init__(self, handler: FramesHandler) -> None:
         self._handler = handler
         self._server: asyncio.Server | None = None
-        self.in_flight = 0  # calls being answered now
+        self.load = InFlight()  # calls being answered; Serve's autoscaler does not see them, so the replica reports them
         self.answered = 0  # calls answered since the start
         self.answered_in_arena = 0  # of which the windows lay in their caller's arena
-        self._since = self._changed = time.monotonic()
-        self._area = 0.0  # in-flight calls integrated over time since `_since`
-
-    def count(self, delta: int) -> None:
-        now = time.monotonic()
-        self._area += self.in_flight * (now - self._changed)
-        self._changed, self.in_flight = now, self.in_flight + delta
-
-    def mean_in_flight(self) -> float:
-        """Calls in flight on average since the last time this was asked (the replica's load:
-        Serve's autoscaler does not see these calls, so the replica reports them)."""
-        self.count(0)
-        now = time.monotonic()
-        mean = self._area / (now - self._since) if now > self._since else float(self.in_flight)
-        self._since, self._area = now, 0.0
-        return mean
 
     async def start(self, host: str, port: int = 0) -> Endpoint:
         loop = asyncio.get_running_loop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import SimpleNamespace
 
-from deployments.autoscaling import CHANNEL_CALLS, CPU_BUSY, CpuMeter
+from deployments.autoscaling import CPU_BUSY, UNSEEN_IN_FLIGHT, CpuMeter
 from ensemble.config import AUTOSCALING_POLICY, AutoscalingSpec
 
 
@@ -20,16 +20,16 @@ def context(replicas: int, requests: float, metrics: dict | None, target: float 
 
 
 def test_channel_calls_count_with_serves_requests():
-    assert policy()(context(2, 1.0, {CHANNEL_CALLS: {"a": 3.5, "b": 3.5}})) == (4.0, {})
+    assert policy()(context(2, 1.0, {UNSEEN_IN_FLIGHT: {"a": 3.5, "b": 3.5}})) == (4.0, {})
     assert policy()(context(2, 1.0, None)) == (0.5, {})
 
 
 def test_a_busy_replica_asks_for_another_though_it_has_one_call_in_flight():
     # One router keeps one call on the replica at a time: by calls it wants half a replica.
-    busy = context(1, 0.0, {CHANNEL_CALLS: {"a": 1.0}, CPU_BUSY: {"a": 0.95}}, target=2.0)
+    busy = context(1, 0.0, {UNSEEN_IN_FLIGHT: {"a": 1.0}, CPU_BUSY: {"a": 0.95}}, target=2.0)
     wanted, _ = policy(0.8)(busy)
     assert wanted > 1
-    idle = context(2, 0.0, {CHANNEL_CALLS: {"a": 0.2, "b": 0.2}, CPU_BUSY: {"a": 0.1, "b": 0.1}}, target=2.0)
+    idle = context(2, 0.0, {UNSEEN_IN_FLIGHT: {"a": 0.2, "b": 0.2}, CPU_BUSY: {"a": 0.1, "b": 0.1}}, target=2.0)
     assert policy(0.8)(idle)[0] < 1
 
 

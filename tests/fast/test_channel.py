@@ -144,7 +144,7 @@ def test_each_call_goes_to_the_known_replica_with_the_fewest_calls_in_flight():
         release.clear()
         before = (held.answered, free.answered)
         calls = [asyncio.ensure_future(member.predict(windows(2))) for _ in range(2)]
-        while held.in_flight + free.answered - before[1] < 2:  # one stalls, the other is answered
+        while held.load.now + free.answered - before[1] < 2:  # one stalls, the other is answered
             await asyncio.sleep(0.001)
         release.set()
         await asyncio.gather(*calls)
@@ -407,7 +407,7 @@ def test_a_connection_lost_mid_call_sends_the_call_through_serves_path():
         fallback = Fallback()
         member = DirectMember(Choices(endpoint), fallback)
         call = asyncio.ensure_future(member.predict(windows(2)))
-        while server.in_flight == 0:  # the call reached the replica
+        while server.load.now == 0:  # the call reached the replica
             await asyncio.sleep(0.001)
         for connection in member._connections.values():
             connection._transport.abort()  # as when the replica's process dies
@@ -442,17 +442,17 @@ def test_the_replica_reports_its_mean_calls_in_flight_since_the_last_report():
         release = asyncio.Event()
         server = ChannelServer(held_until(release))
         member = DirectMember(Choices(await server.start("127.0.0.1")), Fallback())
-        server.mean_in_flight()
+        server.load.mean()
         calls = [asyncio.ensure_future(member.predict(windows(1))) for _ in range(2)]
-        while server.in_flight < 2:
+        while server.load.now < 2:
             await asyncio.sleep(0.001)
         await asyncio.sleep(0.05)
-        busy = server.mean_in_flight()
+        busy = server.load.mean()
         release.set()
         await asyncio.gather(*calls)
         assert 0 < busy <= 2
         await asyncio.sleep(0.01)
-        assert server.mean_in_flight() < busy
+        assert server.load.mean() < busy
         member.close()
         server.close()
 

@@ -1,0 +1,54 @@
+"""The ensemble under `make serve`'s settings (HAProxy, Serve's HTTP-server callback) over real HTTP:
+predicts are answered ahead of Serve's per-request wrapper, and answered as they are without it.
+
+Starts its own Ray in a subprocess (`bench.servers`), before the serve session's, so it is a `serve` test.
+"""
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bench.servers import predict_probe, ray_server
+from bench.wrk import make_bodies
+
+pytestmark = pytest.mark.serve
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+def router_access_log(temp_dir: str) -> str:
+    logs = Path(temp_dir, "session_latest", "logs", "serve").glob("replica_*EnsembleRouter*.log")
+    return "".join(path.read_text(errors="replace") for path in logs)
+
+
+def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path) -> None:
+    body = make_bodies()[0]
+    server = ray_server("ensemble", "ensemble", tmp_path, "throughput+haproxy")
+    server.env["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = "1"  # each access-log line written at once
+    server.start()
+    try:
+        server.wait_ready(predict_probe(body), 300)
+        status, headers, answer = post(f"{server.url}/v1/predict", body, {"x-request-id": "trace-7"})
+        assert status == 200 and len(answer["members"]) == 5 and not answer["degraded"]
+        assert headers["x-request-id"] == "trace-7"
+        status, _, error = post(f"{server.url}/v1/predict", b'{"window": "abc"}')
+        assert status == 422 and error["detail"].startswith("window:")
+        # Serve's wrapper logs each request it sees: another route's is there, no predict's.
+        urllib.request.urlopen(f"{server.url}/readyz", timeout=10).read()
+        deadline = time.monotonic() + 10  # the line is written just after the answer is sent
+        while "/readyz" not in (log := router_access_log(server.marker)):
+            assert time.monotonic() < deadline, "Serve's access log never showed /readyz"
+            time.sleep(0.05)
+        assert "/v1/predict" not in log
+    finally:
+        server.stop()
