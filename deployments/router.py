@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -137,15 +137,13 @@ class RouterMetrics:
         self._degraded = 0
         self._statuses: dict[int, int] = {}
 
-    def count(self, status: int, outcomes: list[CallOutcome], degraded: int) -> None:
+    def count(self, status: int, outcomes: Sequence[CallOutcome] = (), degraded: int = 0) -> None:
+        """One predict answered with `status`, and how its member calls did."""
         self._statuses[status] = self._statuses.get(status, 0) + 1
         for outcome in outcomes:
             key = (outcome.model, outcome.version, outcome.status)
             self._counts[key] = self._counts.get(key, 0) + outcome.rows
         self._degraded += degraded
-
-    def count_refused(self, status: int) -> None:
-        self._statuses[status] = self._statuses.get(status, 0) + 1
 
     def publish(self) -> None:
         counts, self._counts = self._counts, {}
@@ -399,7 +397,7 @@ class EnsembleRouter:
         try:
             parsed = parse_predict(body, self.limits)
         except RequestError as exc:
-            self.metrics.count_refused(exc.status)
+            self.metrics.count(exc.status)
             return exc.status, orjson.dumps({"detail": exc.message})
         result = await self.predictor.predict(parsed.windows, parsed.keys, parsed.request_ids, arrived)
         unanswered = any(map(math.isnan, result.combined))
