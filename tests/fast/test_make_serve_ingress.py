@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.apps.graph_args import DEFAULT_GRAPH
 from bench.servers import predict_probe, ray_server
 from bench.wrk import make_bodies
 
@@ -31,9 +32,12 @@ def router_access_log(temp_dir: str) -> str:
     return "".join(path.read_text(errors="replace") for path in logs)
 
 
-def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path) -> None:
+def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo: Path) -> None:
     body = make_bodies()[0]
-    server = ray_server("ensemble", "ensemble", tmp_path, "throughput+haproxy")
+    # `make serve`'s graph over the session's tiny models (a fresh checkout has no model_repo/).
+    graph = tmp_path / "ensemble.yaml"
+    graph.write_text(DEFAULT_GRAPH.read_text().replace("model_root: model_repo", f"model_root: {tiny_repo}"))
+    server = ray_server("ensemble", "ensemble", tmp_path, "throughput+haproxy", ["--graph", str(graph)])
     server.env["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = "1"  # each access-log line written at once
     server.start()
     try:
