@@ -31,7 +31,7 @@ models: $(INSTALLED)
 # Serve takes it out of HAProxy at once, and while it drains it holds its CPUs, which the router
 # that replaces it in a deploy waited 30 s for (BENCHMARKS.md, "Deploying under load"); Ctrl-C
 # waits for it too. Serve's HTTP-server callback (deployments/http_callback.py) answers predict
-# requests in the router's process ahead of Serve's per-request wrapper, 0.18 of the router's
+# requests in the router's process ahead of Serve's per-request wrapper, 0.19 of the router's
 # 0.43 CPU ms per answer.
 # cluster.yaml starts every node with these.
 SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5 RAY_SERVE_HAPROXY_METRICS_ENABLED=0 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2 RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.http_callback:middlewares

@@ -57,7 +57,7 @@ class PredictAhead:
     """Answers POST /v1/predict ahead of Serve's per-request wrapper, in a router's process.
 
     Serve's wrapper (request metadata and context, its metrics and access log, the ongoing
-    count, then the app's own ASGI layers) cost the router 0.18 of its 0.43 CPU ms per answer;
+    count, then the app's own ASGI layers) cost the router 0.19 of its 0.43 CPU ms per answer;
     without it the ensemble made 1.5 times the requests per second (BENCHMARKS.md, "What
     changed"). What the wrapper gave is kept otherwise: the router queues predicts beyond
     `max_ongoing_requests` itself, reports them in flight to the autoscaler, and counts them by
