@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             serve.run(app, name=name, route_prefix=route_prefix)
         info = {"pid": os.getpid(), "app": opts.app, "deploy_s": round(time.monotonic() - started, 2),
                 "env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
-                "ray_resources": ray.cluster_resources()}
+                "ray_resources": ray.cluster_resources(), "metrics_port": ray.nodes()[0]["MetricsExportPort"]}
         if opts.app == "member-check":
             from bench.member_check import measure_in_serve
             info["member_check"] = {"in_process": inproc, **measure_in_serve(opts.seconds, opts.port, opts.graph)}

@@ -1,5 +1,5 @@
 """The ensemble under `make serve`'s settings (HAProxy, Serve's HTTP-server callback) over real HTTP:
-predicts are answered ahead of Serve's per-request wrapper, and answered as they are without it.
+predicts are answered ahead of Serve's per-request wrapper, counted and timed by the router.
 
 Starts its own Ray in a subprocess (`bench.servers`), before the serve session's, so it is a `serve` test.
 """
@@ -27,6 +27,21 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[
         return error.code, dict(error.headers), json.loads(error.read())
 
 
+def prometheus_samples(url: str, name: str) -> dict[str, float]:
+    """The samples of metric `name` on a Prometheus endpoint, by their label set."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {line[len(name):].rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith((name + "{", name + " "))}
+
+
+def answers_are_exported(metrics_url: str) -> bool:
+    """Both test answers counted by status and timed, on Ray's Prometheus endpoint."""
+    answers = prometheus_samples(metrics_url, "ray_ensemble_predict_answers_total")
+    timed = prometheus_samples(metrics_url, "ray_ensemble_predict_latency_s_count")
+    statuses = [status for status in ("200", "422") if any(f'status="{status}"' in labels for labels in answers)]
+    return len(statuses) == 2 and sum(timed.values()) >= 2
+
+
 def router_access_log(temp_dir: str) -> str:
     logs = Path(temp_dir, "session_latest", "logs", "serve").glob("replica_*EnsembleRouter*.log")
     return "".join(path.read_text(errors="replace") for path in logs)
@@ -39,6 +54,7 @@ def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo
     graph.write_text(DEFAULT_GRAPH.read_text().replace("model_root: model_repo", f"model_root: {tiny_repo}"))
     server = ray_server("ensemble", "ensemble", tmp_path, "throughput+haproxy", ["--graph", str(graph)])
     server.env["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = "1"  # each access-log line written at once
+    server.env["RAY_metrics_report_interval_ms"] = "1000"  # metrics exported each second, not each ten
     server.start()
     try:
         server.wait_ready(predict_probe(body), 300)
@@ -54,5 +70,11 @@ def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo
             assert time.monotonic() < deadline, "Serve's access log never showed /readyz"
             time.sleep(0.05)
         assert "/v1/predict" not in log
+        # Instead the router counts and times them itself, on Ray's Prometheus endpoint.
+        metrics_url = f"http://127.0.0.1:{server.info['metrics_port']}/metrics"
+        deadline = time.monotonic() + 60
+        while not answers_are_exported(metrics_url):
+            assert time.monotonic() < deadline, "the predict answers never reached Ray's metrics"
+            time.sleep(0.5)
     finally:
         server.stop()
