@@ -11,35 +11,64 @@ import time
 import uuid
 
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PREDICT_PATH = "/v1/predict"
 DISCONNECT_DISABLED = (b"x-request-disconnect-disabled", b"?1")
 REQUEST_ID = b"x-request-id"
 
-# A predict body and its arrival (`time.perf_counter()`) -> the answer's status and JSON.
-PredictAnswer = Callable[[bytes, float], Awaitable[tuple[int, bytes]]]
-_answer_here: PredictAnswer | None = None
+# A predict body (None: past the limit, unread) and its arrival (`time.perf_counter()`) -> the
+# answer's status and JSON.
+PredictAnswer = Callable[[bytes | None, float], Awaitable[tuple[int, bytes]]]
+_answer_here: tuple[PredictAnswer, int] | None = None
 
 
-def answer_predict_here(answer: PredictAnswer) -> None:
-    """Called by the router replica of this process: `PredictAhead` answers its predict requests."""
+def answer_predict_here(answer: PredictAnswer, max_body_bytes: int) -> None:
+    """Called by the router replica of this process: `PredictAhead` answers its predict requests,
+    whose bodies are at most `max_body_bytes`."""
     global _answer_here
-    _answer_here = answer
+    _answer_here = answer, max_body_bytes
 
 
-async def answer_asgi(answer: PredictAnswer, receive: Receive, send: Send,
-                      headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    """Read a predict request's body, answer it, write the answer (with `headers`): bytes in, bytes out."""
-    arrived = time.perf_counter()
-    chunks, more = [], True
-    while more:
+def content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The body's declared length; 0 where none is declared (a chunked body) or the value is no
+    number (which the HTTP server refuses before this)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def over_the_limit(max_body_bytes: int) -> str:
+    return f"body: over the limit of {max_body_bytes} bytes"
+
+
+async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> bytes | None:
+    """A request's body; None where it is declared or read past `max_body_bytes`, the rest then
+    left unread: no request holds more of the router's memory than the limit. Raises
+    ClientDisconnect where the client left first."""
+    chunks, size, read, more = [], content_length(headers), 0, True
+    while more and size <= max_body_bytes:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            raise ClientDisconnect
         chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    status, content = await answer(b"".join(chunks), arrived)
+        read += len(chunks[-1])
+        size, more = max(size, read), message.get("more_body", False)
+    return None if size > max_body_bytes else b"".join(chunks)
+
+
+async def answer_asgi(answer: PredictAnswer, max_body_bytes: int, scope: Scope, receive: Receive, send: Send,
+                      headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Read a predict request's body (None past `max_body_bytes`), answer it, write the answer
+    (with `headers`): bytes in, bytes out."""
+    arrived = time.perf_counter()
+    try:
+        body = await read_body(receive, scope["headers"], max_body_bytes)
+    except ClientDisconnect:
+        return
+    status, content = await answer(body, arrived)
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": content})
@@ -79,7 +108,9 @@ class PredictAhead:
         # router's replicas only paths under its application's.
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(PREDICT_PATH):
             if _answer_here is not None:
-                await answer_asgi(_answer_here, receive, send, ((REQUEST_ID, request_id(scope["headers"])),))
+                answer, max_body_bytes = _answer_here
+                await answer_asgi(answer, max_body_bytes, scope, receive, send,
+                                  ((REQUEST_ID, request_id(scope["headers"])),))
                 return
             # Serve reads the headers into a dict, so the last value of a repeated name wins.
             scope["headers"] = [*scope["headers"], DISCONNECT_DISABLED]

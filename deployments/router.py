@@ -40,7 +40,7 @@ from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Predic
 from ensemble.traffic_control import TrafficChange
 from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
 from deployments.autoscaling import UNSEEN_IN_FLIGHT
-from deployments.http_callback import answer_asgi, answer_predict_here
+from deployments.http_callback import answer_asgi, answer_predict_here, over_the_limit, read_body
 from deployments.member_http import HttpMember
 from deployments.openapi import json_body
 
@@ -82,7 +82,7 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         router: EnsembleRouter = serve.get_replica_context().servable_object
-        await answer_asgi(router.answer_predict, receive, send)
+        await answer_asgi(router.answer_predict, router.limits.max_body_bytes, scope, receive, send)
 
 
 class EnsembleApp(FastAPI):
@@ -296,7 +296,7 @@ class EnsembleRouter:
         self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
         self._ahead = InFlight()
         self._ongoing = asyncio.Semaphore(router.max_ongoing_requests)
-        answer_predict_here(self.answer_ahead)
+        answer_predict_here(self.answer_ahead, self.limits.max_body_bytes)
         if self.args.member_apps:
             await wait_for_member_apps([deployment_name(model, version) for model, versions in members.items()
                                         for version in versions], router.member_wait_s)
@@ -386,10 +386,16 @@ class EnsembleRouter:
     async def predict(self, request: Request) -> Response:
         # POST /v1/predict is answered by PredictAhead or PredictFastPath before routing; this route documents it.
         arrived = time.perf_counter()
-        status, content = await self.answer_predict(await request.body(), arrived)
+        status, content = await self.answer_predict(await self._body(request), arrived)
         return Response(content, status, media_type="application/json")
 
-    async def answer_ahead(self, body: bytes, arrived: float) -> tuple[int, bytes]:
+    async def _body(self, request: Request) -> bytes:
+        """The request's body, read no further than `max_body_bytes` (413 past it)."""
+        if (body := await read_body(request.receive, request.headers.raw, self.limits.max_body_bytes)) is None:
+            raise RequestError(413, over_the_limit(self.limits.max_body_bytes))
+        return body
+
+    async def answer_ahead(self, body: bytes | None, arrived: float) -> tuple[int, bytes]:
         """`answer_predict` for `PredictAhead`, which runs ahead of Serve's ongoing-request count
         and its limit: counted in flight for the autoscaler, beyond max_ongoing_requests queued."""
         self._ahead.count(1)
@@ -403,10 +409,12 @@ class EnsembleRouter:
         """Predicts answered ahead of Serve's wrapper, which its ongoing count does not see."""
         return {UNSEEN_IN_FLIGHT: self._ahead.mean()}
 
-    async def answer_predict(self, body: bytes, arrived: float) -> tuple[int, bytes]:
-        """Status and JSON body answering one POST /v1/predict body that arrived at `arrived`
-        (`time.perf_counter()`): the router's deadline counts from then."""
+    async def answer_predict(self, body: bytes | None, arrived: float) -> tuple[int, bytes]:
+        """Status and JSON body answering one POST /v1/predict body (None: past the limit) that
+        arrived at `arrived` (`time.perf_counter()`): the router's deadline counts from then."""
         try:
+            if body is None:
+                raise RequestError(413, over_the_limit(self.limits.max_body_bytes))
             parsed = parse_predict(body, self.limits)
         except RequestError as exc:
             self.metrics.count(exc.status, arrived)
@@ -434,7 +442,7 @@ class EnsembleRouter:
         summary="Send the actual value of earlier predictions; trust is learned from it",
     )
     async def feedback(self, request: Request) -> Response:
-        items = parse_feedback(await request.body(), self.limits.max_body_bytes, self.args.ledger.max_feedback_items)
+        items = parse_feedback(await self._body(request), self.limits.max_body_bytes, self.args.ledger.max_feedback_items)
         await self._flush_log()  # our own recent predictions must be joinable at once
         return json_response(await self.control.feedback.remote(items))
 
@@ -503,7 +511,7 @@ class EnsembleRouter:
                                 authorization: str | None = Header(None)) -> Response:
         if (refused := self._refusal(authorization)) is not None:
             return refused
-        change = parse_model(await request.body(), TrafficChange, self.limits.max_body_bytes)
+        change = parse_model(await self._body(request), TrafficChange, self.limits.max_body_bytes)
         return self._outcome(await self.control.set_traffic.remote(member, change))
 
     @app.post("/v1/admin/rollouts/{member}", summary="Start a canary rollout of a member", responses=ADMIN_ERRORS,
@@ -512,7 +520,7 @@ class EnsembleRouter:
                                   authorization: str | None = Header(None)) -> Response:
         if (refused := self._refusal(authorization)) is not None:
             return refused
-        start = parse_model(await request.body(), RolloutStart, self.limits.max_body_bytes)
+        start = parse_model(await self._body(request), RolloutStart, self.limits.max_body_bytes)
         stable = start.pop("stable")
         return self._outcome(await self.control.start_rollout.remote(member, start, stable))
 

@@ -11,16 +11,20 @@ from deployments.http_callback import PredictAhead
 from tests.fast.test_graph_configs import _make_serve_env
 
 
-async def _answer(body: bytes, arrived: float) -> tuple[int, bytes]:
-    return 200, b'{"echo":' + body + b"}"
+MAX_BODY_BYTES = 16
+
+
+async def _answer(body: bytes | None, arrived: float) -> tuple[int, bytes]:
+    return (413, b'{"detail":"too large"}') if body is None else (200, b'{"echo":' + body + b"}")
 
 
 def _request(method: str, path: str, headers: list[tuple[bytes, bytes]],
-             body: bytes = b"") -> tuple[list[dict], list[dict]]:
-    """What reached Serve's app (the headers as its direct ingress reads them), and what was sent back."""
+             body: bytes = b"", unread: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
+    """What reached Serve's app (the headers as its direct ingress reads them), and what was sent
+    back; the body comes in chunks of 3 bytes, and `unread` receives those never read."""
     seen, sent = [], []
-    chunks = [{"type": "http.request", "body": body[:3], "more_body": True},
-              {"type": "http.request", "body": body[3:], "more_body": False}]
+    chunks = [{"type": "http.request", "body": body[i : i + 3], "more_body": i + 3 < len(body)}
+              for i in range(0, max(len(body), 1), 3)]
 
     async def app(scope, receive, send) -> None:
         seen.append(dict(scope["headers"]))
@@ -33,6 +37,8 @@ def _request(method: str, path: str, headers: list[tuple[bytes, bytes]],
 
     scope = {"type": "http", "method": method, "path": path, "headers": headers}
     asyncio.run(PredictAhead(app)(scope, receive, send))
+    if unread is not None:
+        unread.extend(chunks)
     return seen, sent
 
 
@@ -44,7 +50,7 @@ def no_router(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def router(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_callback, "_answer_here", None)
-    http_callback.answer_predict_here(_answer)
+    http_callback.answer_predict_here(_answer, MAX_BODY_BYTES)
 
 
 @pytest.mark.parametrize("path", ["/v1/predict", "/ensemble/v1/predict"])
@@ -77,6 +83,23 @@ def test_in_a_routers_process_predict_is_answered_without_serve(router, path):
 def test_an_answer_ahead_of_serve_gets_a_request_id_as_serves_would(router):
     _, (start, _) = _request("POST", "/v1/predict", [], b"{}")
     assert len(dict(start["headers"])[b"x-request-id"]) == 32
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_body_past_the_limit_is_413_and_left_unread(router, declared):
+    body = b"[" + b"1," * 20 + b"1]"  # 43 bytes, the limit 16
+    headers = [(b"content-length", str(len(body)).encode())] if declared else []
+    unread: list[dict] = []
+    _, (start, answer) = _request("POST", "/v1/predict", headers, body, unread)
+    assert start["status"] == 413 and answer["body"] == b'{"detail":"too large"}'  # the router told of it
+    # Declared: nothing read; chunked: read until past the limit (18 of 43 bytes), no further.
+    assert sum(len(chunk["body"]) for chunk in unread) == (len(body) if declared else len(body) - 18)
+
+
+def test_a_body_at_the_limit_is_answered(router):
+    body = b"[" + b"1," * 6 + b"11]"  # 16 bytes
+    _, (start, answer) = _request("POST", "/v1/predict", [(b"content-length", b"16")], body)
+    assert start["status"] == 200 and answer["body"] == b'{"echo":' + body + b"}"
 
 
 def test_make_serve_names_a_callback_serve_accepts():

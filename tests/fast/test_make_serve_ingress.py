@@ -63,6 +63,8 @@ def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo
         assert headers["x-request-id"] == "trace-7"
         status, _, error = post(f"{server.url}/v1/predict", b'{"window": "abc"}')
         assert status == 422 and error["detail"].startswith("window:")
+        status, _, error = post(f"{server.url}/v1/predict", b"[" + b"1," * 5_000_000 + b"1]")
+        assert status == 413 and error["detail"] == "body: over the limit of 8388608 bytes"
         # Serve's wrapper logs each request it sees: another route's is there, no predict's.
         urllib.request.urlopen(f"{server.url}/readyz", timeout=10).read()
         deadline = time.monotonic() + 10  # the line is written just after the answer is sent

@@ -84,9 +84,14 @@ def test_malformed_bodies_are_400(client: httpx.Client, raw: bytes):
     assert response.status_code == 400 and "body" in response.json()["detail"]
 
 
-def test_huge_body_is_413(client: httpx.Client):
-    response = client.post("/v1/predict", content=b"[" + b"1," * 5_000_000 + b"1]")
-    assert response.status_code == 413
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/feedback"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_huge_body_is_413(client: httpx.Client, path: str, chunked: bool):
+    body = b"[" + b"1," * 5_000_000 + b"1]"  # 10 MB, the limit 8 MiB
+    # A generator is sent chunked, with no Content-Length: the router reads only up to the limit.
+    content = (body[i : i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    response = client.post(path, content=content)
+    assert response.status_code == 413 and response.json()["detail"] == "body: over the limit of 8388608 bytes"
 
 
 def test_bad_requests_do_not_disturb_good_ones(client: httpx.Client):
