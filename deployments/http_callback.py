@@ -7,8 +7,8 @@ failing import here would stop the ingress.
 """
 
 from collections.abc import Awaitable, Callable
+import os
 import time
-import uuid
 
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
@@ -79,7 +79,7 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name == REQUEST_ID:  # ASGI servers give header names in lower case
             return value
-    return uuid.uuid4().hex.encode()
+    return os.urandom(16).hex().encode()
 
 
 class PredictAhead:
