@@ -6,7 +6,6 @@ own direct channel (`ensemble.channel`), whose address `info()` reports.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from functools import partial
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from deployments.autoscaling import CPU_BUSY, UNSEEN_IN_FLIGHT, CpuMeter
+from deployments.heap import freeze_loaded
 from ensemble.batching import predict_blocks
 from ensemble.channel import ChannelServer, merged_model_calls
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
@@ -49,9 +49,7 @@ class ModelDeployment:
         self.channel_endpoint = (await self.channel.start(ray.util.get_node_ip_address()))[:2]  # host, port
         self.node_id = ray.get_runtime_context().get_node_id()
         self.cpu = CpuMeter(num_threads)
-        # The runtime and its framework live as long as the replica: the collector's full
-        # collections no longer walk them (65 ms with a torch net loaded, stalling calls in flight).
-        gc.freeze()
+        freeze_loaded()
         logger.info("%s loaded in %s (predicting with %s) on %s with %d framework threads; channel on %s:%d",
                     self.name, self.runtime.framework, self.runtime.engine, self.runtime.device, num_threads,
                     *self.channel_endpoint)

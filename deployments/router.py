@@ -40,6 +40,7 @@ from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Predic
 from ensemble.traffic_control import TrafficChange
 from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
 from deployments.autoscaling import UNSEEN_IN_FLIGHT
+from deployments.heap import freeze_loaded
 from deployments.http_callback import answer_asgi, answer_predict_here, over_the_limit, read_body
 from deployments.member_http import HttpMember
 from deployments.openapi import json_body
@@ -296,9 +297,7 @@ class EnsembleRouter:
         self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
         self._ahead = InFlight()
         self._ongoing = asyncio.Semaphore(router.max_ongoing_requests)
-        # What is loaded now lives as long as the replica: the collector's full collections no
-        # longer walk it (one took about 70 ms in a router replica, stalling every request).
-        gc.freeze()
+        freeze_loaded()
         answer_predict_here(self.answer_ahead, self.limits.max_body_bytes)
         if self.args.member_apps:
             await wait_for_member_apps([deployment_name(model, version) for model, versions in members.items()
