@@ -29,7 +29,9 @@ class CallOutcome(NamedTuple):
     version: str
     rows: int
     latency_s: float
-    status: str  # "ok", "error", "timeout" or "lagging" (not waited for: its calls took far longer than the deadline)
+    # "ok", "error", "timeout" or "lagging" (not waited for: its calls took far longer than the
+    # deadline; its rows were sent only if they were the one probe of a call)
+    status: str
 
 
 @dataclass
@@ -196,7 +198,10 @@ class EnsemblePredictor:
         lagging = [call_time > LAGGING_DEADLINES * self._deadline_s for call_time in call_times]
         fanout = _Fanout(parts, [[math.nan] * batch for _ in self.models], loop.create_future(), lagging)
         for part, (batcher, rows) in enumerate(zip(batchers, blocks)):
-            batcher.enqueue(rows, fanout, part)
+            # A member not waited for gets one request's rows per call, a probe that tells when
+            # it is in time again, rather than every request's rows held until its call returns.
+            if fanout.waited_for[part] or not batcher.queued:
+                batcher.enqueue(rows, fanout, part)
         fanout.timer = loop.call_later(left_s, fanout.expire, self._member_timeout_s - self._deadline_s)
         try:
             await fanout.finished
@@ -261,9 +266,10 @@ class _Fanout:
 
     A member whose calls now take more than LAGGING_DEADLINES deadlines (`lagging`) is not waited
     for once every other member is in and one has answered: a stalled member would otherwise
-    hold every answer to the deadline. Its rows are still sent, so it counts when it is in time,
-    and its next call that takes no longer than that makes it waited for again. When every
-    member lags, all are waited for as usual.
+    hold every answer to the deadline. It still gets one request's rows per call (EnsemblePredictor
+    enqueues them only when its queue is empty), which count when they are in time, and its next
+    call that takes no longer than that makes it waited for again. When every member lags, all
+    are waited for as usual.
     """
 
     __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",

@@ -226,6 +226,30 @@ def test_a_member_whose_calls_outlast_the_deadline_is_not_waited_for_until_it_is
     assert seen[-1][1] == {"good": "ok", "stalled": "ok"}
 
 
+def test_a_lagging_member_gets_one_request_s_rows_per_call_not_every_request_s():
+    sent = []
+
+    async def stalling(rows: np.ndarray) -> np.ndarray:
+        sent.append(len(rows))
+        await asyncio.sleep(0.3)
+        return np.zeros(len(rows), dtype=np.float32)
+
+    async def scenario() -> tuple[int, set[str]]:
+        ensemble = predictor({"good": {"v1": constant(3.0, delay_s=0.02)}, "stalled": {"v1": stalling}},
+                             deadline_s=0.1, member_timeout_s=1.0)
+        await ensemble.predict(WINDOWS, [None] * 3)  # its first call is in flight from here
+        await asyncio.sleep(0.15)  # ... for more than two deadlines: it lags
+        requests = [asyncio.create_task(ensemble.predict(WINDOWS, [None] * 3)) for _ in range(20)]
+        await asyncio.sleep(0)  # every request has queued its rows
+        queued = ensemble._batchers[("stalled", "v1")].queued
+        results = await asyncio.gather(*requests)
+        return queued, {o.status for r in results for o in r.outcomes if o.model == "stalled"}
+
+    queued, statuses = asyncio.run(scenario())
+    # Its second slot took the first lagging request's rows; one more waits for a slot, not twenty.
+    assert (sent, queued, statuses) == ([3, 3], 1, {"lagging"})
+
+
 def test_a_member_slower_than_the_deadline_but_not_lagging_is_still_waited_for():
     async def scenario() -> dict[str, str]:
         calls = {"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.15)}}
