@@ -202,6 +202,8 @@ class EnsemblePredictor:
             # it is in time again, rather than every request's rows held until its call returns.
             if fanout.waited_for[part] or not batcher.queued:
                 batcher.enqueue(rows, fanout, part)
+            else:
+                fanout.deferred.append((batcher, rows, part))
         fanout.timer = loop.call_later(left_s, fanout.expire, self._member_timeout_s - self._deadline_s)
         try:
             await fanout.finished
@@ -267,13 +269,14 @@ class _Fanout:
     A member whose calls now take more than LAGGING_DEADLINES deadlines (`lagging`) is not waited
     for once every other member is in and one has answered: a stalled member would otherwise
     hold every answer to the deadline. It still gets one request's rows per call (EnsemblePredictor
-    enqueues them only when its queue is empty), which count when they are in time, and its next
-    call that takes no longer than that makes it waited for again. When every member lags, all
-    are waited for as usual.
+    enqueues them only when its queue is empty, else defers them here), which count when they
+    are in time, and its next call that takes no longer than that makes it waited for again.
+    Deferred rows are sent after all once no answer can come from the others (they failed, or
+    the deadline passed with none in). When every member lags, all are waited for as usual.
     """
 
     __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",
-                 "answered", "late", "timer")
+                 "answered", "late", "timer", "deferred")
 
     def __init__(self, parts: list[tuple[int, str, np.ndarray | slice]], predictions: list[list[float]],
                  finished: asyncio.Future[None], lagging: list[bool]) -> None:
@@ -288,6 +291,7 @@ class _Fanout:
         self.answered = False
         self.late = False
         self.timer: asyncio.TimerHandle | None = None
+        self.deferred: list[tuple[CoalescingBatcher, np.ndarray, int]] = []  # lagging members' rows not sent
 
     def wanted(self) -> bool:
         return not self.finished.done()
@@ -315,6 +319,14 @@ class _Fanout:
         self.left_waited_for -= self.waited_for[part]
         if self.left == 0 or (self.answered and (self.late or self.left_waited_for == 0)):
             self.finished.set_result(None)
+        elif self.left_waited_for == 0 and not self.answered:
+            self._send_deferred()
+
+    def _send_deferred(self) -> None:
+        """A late answer from a lagging member beats none: send the rows held back from it."""
+        deferred, self.deferred = self.deferred, []
+        for batcher, rows, part in deferred:
+            batcher.enqueue(rows, self, part)
 
     def expire(self, late_s: float) -> None:
         """The deadline: finish with what is in, or wait up to `late_s` more for a first answer."""
@@ -325,6 +337,7 @@ class _Fanout:
         else:
             self.late = True
             self.timer = asyncio.get_running_loop().call_later(late_s, self._give_up)
+            self._send_deferred()
 
     def _give_up(self) -> None:
         if not self.finished.done():

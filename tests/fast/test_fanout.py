@@ -250,6 +250,23 @@ def test_a_lagging_member_gets_one_request_s_rows_per_call_not_every_request_s()
     assert (sent, queued, statuses) == ([3, 3], 1, {"lagging"})
 
 
+def test_when_the_members_waited_for_fail_a_lagging_member_s_late_answer_still_comes():
+    async def stalling(rows: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(0.3)
+        return np.full(len(rows), 9.0, dtype=np.float32)
+
+    async def scenario() -> list[list[float]]:
+        ensemble = predictor({"broken": {"v1": broken}, "stalled": {"v1": stalling}}, deadline_s=0.1, member_timeout_s=2.0)
+        await ensemble.predict(WINDOWS, [None] * 3)  # waits 0.3 s for the stalled answer: it lags
+        # Two requests' rows take its two slots, one waits in its queue, three are held back.
+        results = await asyncio.gather(*(ensemble.predict(WINDOWS, [None] * 3) for _ in range(6)))
+        return [r.combined for r in results]
+
+    started = time.perf_counter()
+    assert asyncio.run(scenario()) == [[9.0] * 3] * 6
+    assert time.perf_counter() - started < 1.5  # answered by the stalled member, not given up at 2 s
+
+
 def test_a_member_slower_than_the_deadline_but_not_lagging_is_still_waited_for():
     async def scenario() -> dict[str, str]:
         calls = {"good": {"v1": constant(3.0)}, "slow": {"v1": constant(9.0, delay_s=0.15)}}
