@@ -121,7 +121,9 @@ class RouterMetrics:
 
     def __init__(self) -> None:
         tags = ("model", "version")
-        self.requests = metrics.Counter("ensemble_member_requests", "Requests routed to a member version (a lagging one is sent only one per call).", tags)
+        self.requests = metrics.Counter(
+            "ensemble_member_requests", "Requests routed to a member version (a lagging one is sent one per call).", tags
+        )
         self.errors = metrics.Counter(
             "ensemble_member_errors", "Member requests that failed or timed out.", (*tags, "status")
         )
