@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -46,10 +47,25 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 Probe = Callable[[str], bool]
 
 
+RAY_WORKER_PORTS_END = 20000  # Ray's workers bind ports 10002-19999 (its default range)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free now on every interface, for a server that binds it seconds later.
+
+    Taken below the kernel's ephemeral range where there is room: a port from that range can be
+    handed meanwhile to any socket bound to port 0 or connecting out (Ray starts many), and
+    HAProxy then failed to start with "Address already in use" for the port it was given."""
+    ephemeral_from = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = range(RAY_WORKER_PORTS_END, ephemeral_from)
+    for port in [*random.sample(ports, min(len(ports), 64)), 0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free TCP port")
 
 
 def predict_probe(body: bytes, allow_degraded: bool = False) -> Probe:

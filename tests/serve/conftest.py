@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import pytest
 import ray
 from ray import serve
 
+from bench.servers import free_port
 from deployments.control import ControlPlane
 from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
@@ -35,12 +35,6 @@ class ServeSession:
     model_root: Path
     state_url: str
     synthetic_state_url: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:
