@@ -197,13 +197,7 @@ class EnsemblePredictor:
         call_times = [batcher.call_time(started) for batcher in batchers]
         lagging = [call_time > LAGGING_DEADLINES * self._deadline_s for call_time in call_times]
         fanout = _Fanout(parts, [[math.nan] * batch for _ in self.models], loop.create_future(), lagging)
-        for part, (batcher, rows) in enumerate(zip(batchers, blocks)):
-            # A member not waited for gets one request's rows per call, a probe that tells when
-            # it is in time again, rather than every request's rows held until its call returns.
-            if fanout.waited_for[part] or not batcher.queued:
-                batcher.enqueue(rows, fanout, part)
-            else:
-                fanout.deferred.append((batcher, rows, part))
+        fanout.send(batchers, blocks)
         fanout.timer = loop.call_later(left_s, fanout.expire, self._member_timeout_s - self._deadline_s)
         try:
             await fanout.finished
@@ -268,11 +262,11 @@ class _Fanout:
 
     A member whose calls now take more than LAGGING_DEADLINES deadlines (`lagging`) is not waited
     for once every other member is in and one has answered: a stalled member would otherwise
-    hold every answer to the deadline. It still gets one request's rows per call (EnsemblePredictor
-    enqueues them only when its queue is empty, else defers them here), which count when they
-    are in time, and its next call that takes no longer than that makes it waited for again.
-    Deferred rows are sent after all once no answer can come from the others (they failed, or
-    the deadline passed with none in). When every member lags, all are waited for as usual.
+    hold every answer to the deadline. It still gets one request's rows per call (`send` queues
+    them only while its queue is empty, else holds them back), which count when they are in
+    time, and its next call that takes no longer than that makes it waited for again. Rows held
+    back are sent after all once no answer can come from the others (they failed, or the
+    deadline passed with none in). When every member lags, all are waited for as usual.
     """
 
     __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",
@@ -292,6 +286,16 @@ class _Fanout:
         self.late = False
         self.timer: asyncio.TimerHandle | None = None
         self.deferred: list[tuple[CoalescingBatcher, np.ndarray, int]] = []  # lagging members' rows not sent
+
+    def send(self, batchers: list[CoalescingBatcher], blocks: list[np.ndarray]) -> None:
+        """Queue each part's rows with its member's batcher; a member not waited for gets them
+        only while its queue is empty (one request's rows per call, a probe that tells when it
+        is in time again, rather than every request's rows held until its call returns)."""
+        for part, (batcher, rows) in enumerate(zip(batchers, blocks)):
+            if self.waited_for[part] or not batcher.queued:
+                batcher.enqueue(rows, self, part)
+            else:
+                self.deferred.append((batcher, rows, part))
 
     def wanted(self) -> bool:
         return not self.finished.done()
