@@ -24,8 +24,8 @@ models: $(INSTALLED)
 	$(BIN)/python -m models.train --root $(MODEL_ROOT) --if-missing
 
 # Serve's HAProxy ingress with throughput-optimized settings won the benchmark's throughput at 64
-# connections in every run on Intel Xeon and on two nodes, and tied with HAProxy alone on AMD EPYC; Serve's controller reconciling every
-# 0.5 s instead of 0.1 s cut its idle CPU about fourfold; HAProxy's per-request metrics line,
+# connections in every run on Intel Xeon and on two nodes, and tied with HAProxy alone on AMD
+# EPYC; Serve's controller reconciling every 0.5 s instead of 0.1 s cut its idle CPU about fourfold; HAProxy's per-request metrics line,
 # parsed in Python by Serve's HAProxy manager, cost a twelfth of the ensemble's CPU per answer (BENCHMARKS.md). A stopping ingress
 # replica stays reachable 2 s instead of Ray's 30 s, a wait meant for external load balancers:
 # Serve takes it out of HAProxy at once, and while it drains it holds its CPUs, which the router
