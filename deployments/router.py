@@ -25,6 +25,7 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ensemble.admin import admin_token, authorise
@@ -103,6 +104,14 @@ app = EnsembleApp(
 @app.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> Response:
     return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+
+@app.exception_handler(ClientDisconnect)
+async def _client_left(_: Request, __: ClientDisconnect) -> Response:
+    """A client that left mid-body (feedback, admin): 499, as Serve counts a disconnect it sees
+    itself, rather than a 500 with a traceback. Reading the body takes the disconnect message
+    before Serve's own watch for it can."""
+    return Response(status_code=499)
 
 
 # Seconds, for the predict answers' and the member calls' latency histograms.

@@ -4,6 +4,7 @@ predicts are answered ahead of Serve's per-request wrapper, counted and timed by
 Starts its own Ray in a subprocess (`bench.servers`), before the serve session's, so it is a `serve` test.
 """
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +49,13 @@ def router_access_log(temp_dir: str) -> str:
     return "".join(path.read_text(errors="replace") for path in logs)
 
 
+def leave_mid_body(port: int, path: str) -> None:
+    """Send a request whose body stops short of its declared length, then close the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           "Content-Length: 1000\r\n\r\n".encode() + b'{"request_id": "left-early"')
+
+
 def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo: Path) -> None:
     body = make_bodies()[0]
     # `make serve`'s graph over the session's tiny models (a fresh checkout has no model_repo/).
@@ -73,6 +81,13 @@ def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo
             assert time.monotonic() < deadline, "Serve's access log never showed /readyz"
             time.sleep(0.05)
         assert "/v1/predict" not in log
+        # A client that leaves mid-body is counted as gone (499), not as a server error.
+        leave_mid_body(server.port, "/v1/feedback")
+        deadline = time.monotonic() + 10
+        while "POST /v1/feedback" not in (log := router_access_log(server.marker)):
+            assert time.monotonic() < deadline, "Serve's access log never showed the feedback that was left"
+            time.sleep(0.05)
+        assert "POST /v1/feedback 499" in log and "ClientDisconnect" not in log
         # Instead the router counts and times them itself, on Ray's Prometheus endpoint.
         metrics_url = f"http://127.0.0.1:{server.info['metrics_port']}/metrics"
         deadline = time.monotonic() + 60
