@@ -50,10 +50,15 @@ def router_access_log(temp_dir: str) -> str:
 
 
 def leave_mid_body(port: int, path: str) -> None:
-    """Send a request whose body stops short of its declared length, then close the connection."""
+    """Send a request's headers, wait for the server to start reading its body (its 100 Continue,
+    so the request has reached the router), then send part of the body and close the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                           "Content-Length: 1000\r\n\r\n".encode() + b'{"request_id": "left-early"')
+                           "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n".encode())
+        # HAProxy drops a request whose client closes before it is forwarded (`abortonclose`).
+        interim = connection.recv(1024)
+        assert interim.startswith(b"HTTP/1.1 100 "), f"no 100 Continue for {path}: {interim!r}"
+        connection.sendall(b'{"request_id": "left-early"')
 
 
 def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo: Path) -> None:
