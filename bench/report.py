@@ -153,12 +153,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(target(f"{name}: Serve ({paired['path']}) / in-process rows/s (batch {check['batch']}, "
                           f"median of {len(check['beside'][name]['rounds'])} paired rounds)", paired["ratio"], 0.7,
                           unit="x"))
+    if (gpu := results.get("gpu")) is not None:
+        out.append(target("nets given a GPU share that run on CUDA (share of them)", nets_on_cuda(gpu), 1.0, unit="x"))
     for p in (results.get("deadline") or {}).get("points", []):
         out.append(target(f"deadline p99 at {p['connections']} connections (stall 200 ms, deadline 25 ms)",
                           p["p99_ms"], 30.0, higher_is_better=False, unit="ms"))
         out.append(target(f"deadline: requests not answered with 200 at {p['connections']} connections",
                           p["non2xx"] + p["socket_errors"], 0, higher_is_better=False))
     return out
+
+
+def nets_on_cuda(gpu: dict[str, Any]) -> float | None:
+    """Of the member versions the GPU run served in torch (the nets: asked for CUDA, torch serves
+    them), the share that really ran on CUDA; None when not measured, 0 when no net was in torch."""
+    if "runtimes" not in gpu:
+        return None
+    nets = [r["device"] for r in gpu["runtimes"].values() if r["runtime"] == "torch"]
+    return sum(device == "cuda" for device in nets) / len(nets) if nets else 0.0
 
 
 def _error_line(error: str) -> str:
@@ -214,6 +225,18 @@ def markdown(results: dict[str, Any]) -> str:
         parts += ["", "### Members: 2 vs 8", "",
                   table(["members", "conns", *POINT_HEADER],
                         [[n, str(p["connections"]), *point_cells(p)] for n, p in sorted(members.items())])]
+    if gpu := results.get("gpu"):
+        parts += ["", "### GPU: the ensemble with a GPU share for each net", ""]
+        if "skipped" in gpu:
+            parts += [f"Not measured: {gpu['skipped']}."]
+        else:
+            fake = f", {gpu['fake_gpus']} GPUs declared to Ray without any" if gpu["fake_gpus"] else ""
+            runtimes = gpu.get("runtimes", {})
+            parts += [f"Each net replica asks for {gpu['gpu_share']} GPU{fake}; machine's GPUs: "
+                      f"{results['machine']['gpu']}. Where each member version ran: "
+                      + (", ".join(f"{name} {r['runtime']} on {r['device']}" for name, r in runtimes.items())
+                         or gpu.get("runtimes_error", "not read")) + ".", "",
+                      table(["conns", *POINT_HEADER], [[str(p["connections"]), *point_cells(p)] for p in gpu["points"]])]
     if check := results.get("member_check"):
         paths = list(check["serve"])
         rows = [[name, _fmt(local["rows_per_s"], "{:.0f}"), _fmt(check["beside"][name]["rows_per_s"], "{:.0f}"),

@@ -2,7 +2,8 @@
 
 Order: the no-op and the ensemble under every ingress setting; the naive fan-out under the
 ensemble's winning setting and the default; the FastAPI process; BentoML from its own venv;
-then, under the winning setting, the deadline check and 2 vs 8 members; last the member check.
+then, under the winning setting, the deadline check, 2 vs 8 members and, where the machine has a
+GPU, the ensemble with a GPU share for each net; last the member check.
 Each server is started alone, warmed up with wrk, measured at each connection count while its
 process tree is sampled, and stopped before the next starts. Writes bench/results/<stamp>.json
 and .md (the tables for BENCHMARKS.md) and the PNG plots.
@@ -30,11 +31,12 @@ from typing import Any
 
 from bench import report
 from bench.procmon import TreeMonitor
-from bench.servers import SETTINGS, Server, ServerFailed, bento_server, inproc_server, predict_probe, ray_server
+from bench.servers import (SETTINGS, Server, ServerFailed, bento_server, inproc_server, member_runtimes, predict_probe,
+                           ray_server)
 from bench.wrk import WrkRun, ensure_wrk, lua_script, make_bodies, run_wrk, threads_for
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_SYSTEMS = ("noop", "ensemble", "naive", "fastapi", "bentoml", "deadline", "members", "member-check")
+ALL_SYSTEMS = ("noop", "ensemble", "naive", "fastapi", "bentoml", "deadline", "members", "gpu", "member-check")
 READY_TIMEOUT_S = 300.0
 
 
@@ -94,14 +96,21 @@ class Bench:
                            self.script), self.wrk)
 
     def sweep(self, server: Server, connections: list[int] | None = None,
-              allow_degraded: bool = False) -> dict[str, Any]:
-        """Start, warm up, measure each connection count, stop; the run's record."""
+              allow_degraded: bool = False, runtimes: bool = False) -> dict[str, Any]:
+        """Start, warm up, measure each connection count, stop; the run's record (with `runtimes`,
+        the runtime and device of each member version, from the ensemble's router)."""
         with self.serving(server, predict_probe(self.body, allow_degraded)):
+            record: dict[str, Any] = {}
+            if runtimes:
+                try:
+                    record["runtimes"] = member_runtimes(server.url)
+                except (OSError, ValueError, KeyError) as exc:  # the points matter more than this list
+                    record["runtimes_error"] = f"{type(exc).__name__}: {exc}"
             self.warm_up(server)
             points = [self.measure(server, c) for c in (connections or self.connections)]
         return {"name": server.name, "settings": server.settings, "started_s": round(server.started_s, 1),
                 "info": server.info, "background_cores": round(server.background_cores, 2),
-                "pids": sorted(server.known), "points": points}
+                "pids": sorted(server.known), **record, "points": points}
 
 
 def busy_cpu_s() -> float:
@@ -144,7 +153,15 @@ def machine() -> dict[str, Any]:
     wrk = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "kernel": platform.release(), "os": platform.platform(), "python": platform.python_version(),
-            "ray": ray.__version__, "wrk": wrk.strip(), "gpu": "none" if not shutil.which("nvidia-smi") else "present"}
+            "ray": ray.__version__, "wrk": wrk.strip(), "gpu": ", ".join(gpu_names()) or "none"}
+
+
+def gpu_names() -> list[str]:
+    """The machine's NVIDIA GPUs, by name (none without `nvidia-smi`)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    listed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
 
 
 class Stages:
@@ -192,7 +209,8 @@ def run_all(opts: argparse.Namespace) -> dict[str, Any]:
     runs = results["runs"]
 
     def sweep(system: str, server: Server) -> None:
-        if (record := stages.attempt(server.name, lambda: bench.sweep(server))) is not None:
+        record = stages.attempt(server.name, lambda: bench.sweep(server, runtimes=system == "ensemble"))
+        if record is not None:
             runs.append({"system": system, **record})
 
     for app in ("noop", "ensemble"):
@@ -219,6 +237,14 @@ def run_all(opts: argparse.Namespace) -> dict[str, Any]:
             record = stages.attempt(server.name, lambda: bench.sweep(server, [max(opts.connections)]))
             if record is not None:
                 results["members"][str(n)] = record["points"][0]
+    if "gpu" in systems:
+        if opts.fake_gpus or gpu_names():
+            gpus = ["--gpus", str(opts.fake_gpus)] if opts.fake_gpus else []
+            server = ray_server(f"gpu-{win}", "gpu", log_dir, win, ["--gpu-share", str(opts.gpu_share), *gpus])
+            if (record := stages.attempt(server.name, lambda: bench.sweep(server, runtimes=True))) is not None:
+                results["gpu"] = {**record, "gpu_share": opts.gpu_share, "fake_gpus": opts.fake_gpus}
+        else:
+            results["gpu"] = {"skipped": "no GPU on this machine (no nvidia-smi)"}
     if "member-check" in systems:
         server = ray_server("member-check", "member-check", log_dir, win, ["--seconds", str(opts.member_seconds)])
 
@@ -258,6 +284,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"what to run, from {','.join(ALL_SYSTEMS)}")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="most seconds to wait before each server for other work on the machine to end")
+    parser.add_argument("--gpu-share", type=float, default=0.15,
+                        help="gpu: the GPUs each net replica asks for (the YAML's nets scale to 2 replicas each)")
+    parser.add_argument("--fake-gpus", type=float, default=0.0,
+                        help="gpu: declare this many GPUs to Ray on a machine without one, to try the path "
+                             "(the nets then run on the CPU and say so)")
     parser.add_argument("--member-seconds", type=float, default=2.0, help="seconds per member-check measurement")
     parser.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
     parser.add_argument("--plots-dir", default=str(REPO / "bench" / "plots"))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
-def build(app: str, graph: str | None, members: int, port: int) -> list[tuple[str, str | None, Any]]:
+def build(app: str, graph: str | None, members: int, port: int, gpu_share: float) -> list[tuple[str, str | None, Any]]:
     """The Serve applications of `app` as (name, route prefix, application), in deploy order;
     the one served at `/` is what the load hits (imports only what that app needs)."""
     if app == "noop":
@@ -36,6 +36,8 @@ def build(app: str, graph: str | None, members: int, port: int) -> list[tuple[st
         return ensemble_apps.members_apps(members, port, graph)
     if app == "deadline":
         return ensemble_apps.deadline_apps(port, graph=graph)
+    if app == "gpu":
+        return ensemble_apps.gpu_apps(port, gpu_share, graph)
     raise SystemExit(f"unknown app {app!r}")
 
 
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--graph", default=None)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--temp-dir", default=None)
+    parser.add_argument("--gpu-share", type=float, default=0.15, help="gpu: the GPUs each net replica asks for")
+    parser.add_argument("--gpus", type=float, default=None,
+                        help="GPUs declared to Ray instead of those it detects (to try the GPU graph without one)")
     parser.add_argument("--seconds", type=float, default=4.0, help="member-check: seconds per measurement")
     opts = parser.parse_args(argv)
 
@@ -63,10 +68,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # Replicas import bench.* too: the harness puts the repository on PYTHONPATH, which the
     # raylet and so every worker inherit.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, _temp_dir=opts.temp_dir)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _temp_dir=opts.temp_dir,
+             num_gpus=opts.gpus)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
-        apps = build(opts.app, opts.graph, opts.members, opts.port)
+        apps = build(opts.app, opts.graph, opts.members, opts.port, opts.gpu_share)
         started = time.monotonic()
         for name, route_prefix, app in apps:
             serve.run(app, name=name, route_prefix=route_prefix)

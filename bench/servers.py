@@ -77,6 +77,15 @@ def predict_probe(body: bytes, allow_degraded: bool = False) -> Probe:
     return probe
 
 
+def member_runtimes(url: str) -> dict[str, dict[str, str]]:
+    """Each member version's runtime and the device it really runs on, from the router's
+    `/v1/members` (one replica's view per version)."""
+    with urllib.request.urlopen(f"{url}/v1/members", timeout=10) as response:
+        members = json.loads(response.read())
+    return {info["deployment"]: {"runtime": info["runtime"], "device": info["device"]}
+            for spec in members.values() for info in spec["versions"].values() if "device" in info}
+
+
 def marked(marker: str) -> list[psutil.Process]:
     """Live processes whose command line contains `marker`."""
     found = []

@@ -4,7 +4,8 @@ Each is deployed the way `make serve` deploys `graphs/ensemble.yaml`: one applic
 member version (`graphs.ensemble:build_member`) at its `/members/...` route, then the ensemble
 (`graphs.ensemble:build_app` with `member_apps`) calling them at the run's port, so members are
 reached over HTTP when Serve runs HAProxy and through handles otherwise (`member_transport:
-auto`). The deadline check then swaps one member version for one that answers 200 ms late.
+auto`). The deadline check then swaps one member version for one that answers 200 ms late;
+the GPU check gives each net version a share of a GPU.
 """
 from __future__ import annotations
 
@@ -70,6 +71,22 @@ def members_apps(n: int, port: int, graph: str | None = None) -> Apps:
     members = {alias: {"versions": {"v1": MEMBER_SPEC}} for alias in aliases}
     root = alias_repo(base["model_root"], f"{ALIAS_REPO}-{os.getpid()}", aliases)
     return _as_member_apps({**base, "model_root": str(root), "members": members}, port, f"members{n}")
+
+
+def gpu_apps(port: int, share: float, graph: str | None = None) -> Apps:
+    """The YAML's applications with `share` of a GPU for every net version (one that ships torch
+    weights, which torch serves on CUDA); the trees stay on the CPU."""
+    from models.repository import TORCH_WEIGHTS, read_manifest
+
+    base = yaml_args(graph)
+
+    def with_share(model: str, version: str, settings: dict[str, Any]) -> dict[str, Any]:
+        is_net = TORCH_WEIGHTS in read_manifest(base["model_root"], model, version).artifacts
+        return {**settings, "num_gpus": share} if is_net else settings
+
+    members = {model: {**spec, "versions": {v: with_share(model, v, s) for v, s in spec["versions"].items()}}
+               for model, spec in base["members"].items()}
+    return _as_member_apps({**base, "members": members}, port, "gpu")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.05}, logging_config={"enable_access_log": False})

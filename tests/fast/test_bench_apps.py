@@ -53,6 +53,16 @@ def test_deadline_apps_swap_in_one_stalled_member(graph: str) -> None:
     assert yaml_args(graph)["router"]["deadline_s"] != 0.025  # the YAML itself is untouched
 
 
+def test_gpu_apps_give_each_net_a_gpu_share_and_ask_for_cuda(graph: str) -> None:
+    apps = {name: app._bound_deployment for name, _, app in ensemble_apps.gpu_apps(8123, 0.15, graph)}
+    device = 4  # ModelDeployment(model_root, model, version, num_threads, device, max_batch_rows)
+    for name in ("patchtst-v1", "lstm-v1", "nhits-v1"):
+        assert apps[name].ray_actor_options["num_gpus"] == 0.15 and apps[name].init_args[device] == "cuda"
+    for name in ("xgboost-v1", "lightgbm-v1"):
+        assert apps[name].ray_actor_options["num_gpus"] == 0 and apps[name].init_args[device] == "cpu"
+    assert list(apps)[-1] == "bench"
+
+
 @pytest.mark.parametrize("n", [2, 8])
 def test_members_apps_serve_n_distinct_versions(graph: str, n: int) -> None:
     names = [name for name, _, _ in ensemble_apps.members_apps(n, 8123, graph)]

@@ -111,6 +111,25 @@ def test_markdown_has_every_table(results: dict) -> None:
     assert "| xgboost-v1 | 1100 | 1000 | 500 | 600 | 700 | direct channel 0.80x, direct channel, 8 in flight 0.70x |" in text
 
 
+def test_the_gpu_run_says_where_each_net_ran(results: dict) -> None:
+    results["machine"] = {"gpu": "NVIDIA H100"}
+    runtimes = {"xgboost-v1": {"runtime": "xgboost", "device": "cpu"}, "lstm-v1": {"runtime": "torch", "device": "cuda"},
+                "nhits-v1": {"runtime": "torch", "device": "cpu"}}
+    results["gpu"] = {"runtimes": runtimes, "gpu_share": 0.15, "fake_gpus": 0.0, "points": [point(64, 900)]}
+
+    def verdict() -> dict:
+        (found,) = [t for t in report.targets(results) if t["target"].startswith("nets given a GPU share")]
+        return found
+
+    assert verdict()["value"] == pytest.approx(0.5) and verdict()["met"] is False  # a net left on the CPU
+    text = report.markdown(results)
+    assert "lstm-v1 torch on cuda, nhits-v1 torch on cpu" in text and "| 64 | 900 |" in text
+    results["gpu"] = {**results["gpu"], "runtimes": {"xgboost-v1": runtimes["xgboost-v1"]}}
+    assert verdict()["value"] == 0.0  # no net in torch: asking for CUDA changed nothing
+    results["gpu"] = {"skipped": "no GPU on this machine (no nvidia-smi)"}
+    assert verdict()["met"] is None and "Not measured: no GPU on this machine" in report.markdown(results)
+
+
 def test_plots_are_pngs(results: dict, tmp_path) -> None:
     pytest.importorskip("matplotlib", reason="matplotlib is the `bench` extra")
     from bench.plots import draw
