@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 
-def build(app: str, graph: str | None, members: int, port: int, gpu_share: float) -> list[tuple[str, str | None, Any]]:
+def build(app: str, graph: str | None, members: int, port: int,
+          gpu_share: float | None) -> list[tuple[str, str | None, Any]]:
     """The Serve applications of `app` as (name, route prefix, application), in deploy order;
     the one served at `/` is what the load hits (imports only what that app needs)."""
     if app == "noop":
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--graph", default=None)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--temp-dir", default=None)
-    parser.add_argument("--gpu-share", type=float, default=0.15, help="gpu: the GPUs each net replica asks for")
+    parser.add_argument("--gpu-share", type=float, help="gpu: the GPUs each net replica asks for")
     parser.add_argument("--gpus", type=float, default=None,
                         help="GPUs declared to Ray instead of those it detects (to try the GPU graph without one)")
     parser.add_argument("--seconds", type=float, default=4.0, help="member-check: seconds per measurement")
