@@ -268,6 +268,8 @@ def _parse_label(item: Any, field: str) -> tuple[str, float]:
         if name not in item:
             raise RequestError(422, f"{prefix}{name}: field required")
     request_id = _optional_str(item, "request_id", prefix)
+    if request_id is None:  # a label names the prediction it is for
+        raise RequestError(422, f"{prefix}request_id: expected a string of 1 to 256 characters")
     actual = item["actual"]
     if isinstance(actual, bool) or not isinstance(actual, (int, float)):
         raise RequestError(422, f"{prefix}actual: expected a number, got {type(actual).__name__}")
