@@ -79,16 +79,17 @@ class Ledger:
                 created, logged = self._log[rid]
                 self._log[rid] = (created, {**logged, **members})
                 merged.append((rid, created, self._log[rid][1]))
+        # Labels waiting for these rows join before eviction, which may drop the rows themselves.
+        waiting = {rid: self._log[rid][1] for rid, _, _ in rows if rid in self._pending}
         self._evict()
         self.store.log_predictions([*rows, *merged])
-        waiting = [rid for rid, _, _ in rows if rid in self._pending]
         if not waiting:
             return FeedbackReport()
         report = FeedbackReport()
         joined, changes = [], {}
-        for rid in waiting:
+        for rid, members in waiting.items():
             actual, _ = self._pending.pop(rid)
-            joined.append((self._log[rid][1], actual))
+            joined.append((members, actual))
             changes[rid] = "applied"
         report.applied = self._learn(joined)
         report.pending = -len(waiting)
@@ -98,6 +99,7 @@ class Ledger:
     def feedback(self, items: Sequence[tuple[str, float]]) -> FeedbackReport:
         """Join labels (request_id, actual) with the log and learn from them, durably, once each."""
         now = self.clock()
+        self._evict()  # a prediction past max_age_s is not joinable, whether or not others came since
         report = FeedbackReport(received=len(items))
         fresh: dict[str, float] = {}
         for rid, actual in items:
@@ -123,10 +125,9 @@ class Ledger:
             setattr(report, status, getattr(report, status) + 1)
             rows.append((rid, actual, now, status))
         self._learn(joined)
+        # Others' labels whose grace ran out count in the totals, not in this caller's report.
         changes = self._expire_pending(now)
-        report.pending -= len(changes)
-        report.unknown += len(changes)
-        self._save(report, rows, changes, learned=bool(joined))
+        self._save(report, rows, changes, learned=bool(joined), expired=len(changes))
         return report
 
     def _learn(self, joined: list[Joined]) -> int:
@@ -136,8 +137,11 @@ class Ledger:
         return applied
 
     def _save(self, report: FeedbackReport, rows: list[tuple[str, float, float, str]], changes: dict[str, str],
-              learned: bool) -> None:
+              learned: bool, expired: int = 0) -> None:
+        """Store labels `rows` and status `changes` with the totals (plus `report`, and `expired`
+        pending labels now unknown) and, where trust `learned`, its state: one transaction."""
         self.totals.add(report)
+        self.totals.add(FeedbackReport(pending=-expired, unknown=expired))
         documents = {TOTALS_DOCUMENT: asdict(self.totals)}
         if learned:
             documents[TRUST_DOCUMENT] = self.trust.state()
@@ -148,7 +152,7 @@ class Ledger:
         now = self.clock()
         changes = self._expire_pending(now)
         if changes:
-            self._save(FeedbackReport(pending=-len(changes), unknown=len(changes)), [], changes, learned=False)
+            self._save(FeedbackReport(), [], changes, learned=False, expired=len(changes))
         self.store.prune_predictions(now - self.spec.max_age_s, self.spec.max_predictions)
 
     def _expire_pending(self, now: float) -> dict[str, str]:

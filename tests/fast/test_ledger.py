@@ -51,6 +51,33 @@ def test_label_before_its_prediction_waits_then_joins(tmp_path: Path):
     assert book.totals.unknown == 1 and book.totals.pending == 0
 
 
+def test_a_report_counts_only_the_callers_labels(tmp_path: Path):
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, join_grace_s=5)
+    book.feedback([(f"early{i}", 1.0) for i in range(3)])  # one caller's labels, never predicted
+    book.record([("r", clock.now, {"a-v1": 0.0})])
+    clock.now += 6
+    assert vars(book.feedback([("r", 1.0)])) == {"received": 1, "applied": 1, "duplicate": 0, "pending": 0, "unknown": 0}
+    assert (book.totals.pending, book.totals.unknown, book.totals.applied) == (0, 3, 1)
+    assert vars(ledger(tmp_path / "s.db", clock, join_grace_s=5).totals) == vars(book.totals)
+
+
+def test_a_waiting_label_joins_though_its_prediction_is_evicted_at_once(tmp_path: Path):
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, max_predictions=100, join_grace_s=5)
+    book.feedback([("r0", 1.0)])
+    assert book.record([(f"r{i}", clock.now, {"a-v1": 0.0}) for i in range(150)]).applied == 1
+    assert len(book) == 100 and book.trust.stats["a-v1"].labels == 1
+
+
+def test_a_prediction_past_its_age_is_not_joined(tmp_path: Path):
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, max_age_s=60, join_grace_s=0)
+    book.record([("old", clock.now, {"a-v1": 0.0})])
+    clock.now += 61
+    assert book.feedback([("old", 1.0)]).unknown == 1  # no prediction logged since: unknown all the same
+
+
 def test_pending_labels_survive_a_restart(tmp_path: Path):
     clock = Clock()
     ledger(tmp_path / "s.db", clock, join_grace_s=60).feedback([("early", 2.0)])
