@@ -116,8 +116,10 @@ class TrustBook:
             self.scale.add(actual)
             variance = self.scale.variance
             total_loss = 0.0
+            for member in (*predictions, *self.priors):
+                self._stats_of(member)  # before this label's losses: a newcomer starts at the mean before it
             for member, predicted in predictions.items():
-                stats = self.stats.setdefault(member, MemberStats())
+                stats = self.stats[member]
                 residual = actual - predicted
                 squared = residual * residual
                 loss = min(squared / variance, 100.0)
@@ -140,7 +142,7 @@ class TrustBook:
             if predictions:
                 imputed = total_loss / len(predictions)
                 for member in self.priors.keys() - predictions.keys():
-                    stats = self.stats.setdefault(member, MemberStats())
+                    stats = self.stats[member]
                     stats.discounted_loss = self.spec.discount * stats.discounted_loss + imputed
             count += 1
         return count
@@ -151,7 +153,8 @@ class TrustBook:
         if self.spec.policy == "static":
             return {m: self.priors.get(m, 1.0) for m in names}
         if self.spec.policy == "hedge":
-            losses = {m: self.stats[m].discounted_loss if m in self.stats else 0.0 for m in names}
+            newcomer = self._mean_discounted_loss()
+            losses = {m: self.stats[m].discounted_loss if m in self.stats else newcomer for m in names}
             least = min(losses.values(), default=0.0)
             raw = {m: self.priors.get(m, 1.0) * math.exp(-self.spec.learning_rate * (losses[m] - least)) for m in names}
         else:
@@ -161,6 +164,18 @@ class TrustBook:
                 recent = self.stats[m].recent() if m in self.stats else None
                 raw[m] = self.priors.get(m, 1.0) / max(recent if recent is not None else self.scale.variance, floor_mse)
         return self._floored(raw)
+
+    def _mean_discounted_loss(self) -> float:
+        known = [stats.discounted_loss for stats in self.stats.values()]
+        return sum(known) / len(known) if known else 0.0
+
+    def _stats_of(self, member: str) -> MemberStats:
+        """A version's statistics; one first seen (deployed after others learned) starts at the
+        mean discounted loss of those known, so hedge puts it neither ahead nor behind: at 0 it
+        would outweigh every member with a history (exp(-eta * their loss)) for hundreds of labels."""
+        if member not in self.stats:
+            self.stats[member] = MemberStats(discounted_loss=self._mean_discounted_loss())
+        return self.stats[member]
 
     def _floored(self, raw: dict[str, float]) -> dict[str, float]:
         """Normalised shares where none is below floor/N; the rest share what remains in proportion."""

@@ -108,3 +108,19 @@ def test_a_version_that_never_predicted_does_not_lead():
     weights = book.weights()
     assert weights["good-v1"] > weights["good-v2"] > weights["bad-v1"]
     assert book.stats["good-v2"].labels == 0
+
+
+def test_a_version_deployed_after_others_learned_starts_at_their_mean():
+    """A canary added to a running graph neither takes over its answers nor starts buried."""
+    members = {"good-v1": 0.1, "fair-v1": 0.5, "poor-v1": 1.0}  # error std
+    book = TrustBook(TrustSpec(), priors=dict.fromkeys(members, 1.0))
+    rng = np.random.default_rng(2)
+    actuals = rng.normal(0, 1, 2000)
+    book.update([({m: y + rng.normal(0, s) for m, s in members.items()}, y) for y in actuals])
+    book.priors["good-v2"] = 1.0  # deployed now, as `make deploy` of a canary does
+    weights = book.weights()
+    assert weights["good-v1"] > weights["good-v2"] > weights["poor-v1"]
+    book.update([({**{m: y + rng.normal(0, s) for m, s in members.items()}, "good-v2": y + rng.normal(0, 0.1)}, y)
+                 for y in rng.normal(0, 1, 5)])
+    weights = book.weights()
+    assert weights["good-v1"] > weights["good-v2"] > weights["poor-v1"]  # a few good labels do not crown it
