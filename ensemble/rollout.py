@@ -32,8 +32,8 @@ class RolloutPlan(StrictModel):
 
     canary: str = Field(description="The version rolled out; it must be deployed.")
     steps: list[float] = Field(
-        [5.0, 25.0, 50.0, 100.0], min_length=1,
-        description="Canary traffic percentages, increasing, the last 100; passing the last step promotes.",
+        [5.0, 25.0, 50.0, 100.0],
+        description="Canary traffic percentages, increasing, at least one below 100 and the last 100; passing the last step promotes.",
     )
     interval_s: float = Field(60.0, gt=0, description="Least seconds each step lasts before its gates are judged.")
     min_requests: int = Field(100, ge=1, description="Canary requests a step needs before it is judged.")
@@ -50,6 +50,9 @@ class RolloutPlan(StrictModel):
             raise ValueError("steps must be increasing percentages in (0, 100]")
         if self.steps[-1] != 100:
             raise ValueError("the last step must be 100 (the canary takes all traffic before promotion)")
+        if len(self.steps) < 2:  # at 100% from the start the stable version serves nothing to compare
+            raise ValueError("steps need one below 100 first: the MSE gate compares the canary with the stable "
+                             "version serving beside it")
         return self
 
 

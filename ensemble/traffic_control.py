@@ -69,15 +69,17 @@ class TrafficController:
                 if saved:
                     events.append(("traffic", member, {"reason": "the graph config declares other traffic",
                                                        "split": spec.split, "shadow": spec.shadow}))
-            declared_plan = spec.rollout.model_dump() if spec.rollout else None
-            kept = saved_rollouts.get(member)
-            if kept and kept["declared"] == declared_plan:
-                rollout = Rollout.from_state(kept["rollout"])
-                if {rollout.stable, rollout.canary} <= set(spec.versions):
+            if kept := saved_rollouts.get(member):
+                if (rollout := _restored(kept, spec)) is not None:
                     self.rollouts[member] = rollout
                     if rollout.active:
                         self.splits[member] = rollout.split(list(spec.versions))
                     continue
+                # The config declares another rollout or none (or not its versions): the split the
+                # saved one left, mid-way or final, goes with it.
+                self.splits[member] = dict(spec.split)
+                events.append(("traffic", member, {"reason": "the graph config no longer declares the saved rollout",
+                                                   "split": spec.split, "shadow": self.shadows[member]}))
             if spec.rollout is not None:
                 events.append(self._start(member, spec.rollout, None, "declared in the graph config"))
         self._save(events)
@@ -210,3 +212,16 @@ class TrafficController:
 
 def _declared_traffic(spec: Declared) -> dict[str, dict[str, float]]:
     return {"split": spec.split, "shadow": spec.shadow}
+
+
+def _restored(kept: Mapping[str, Any], spec: Declared) -> Rollout | None:
+    """The saved rollout, where the config still declares it (or none, for one started through
+    the admin API) and both its versions; None otherwise, or where its plan is no longer valid."""
+    if kept["declared"] != (spec.rollout.model_dump() if spec.rollout else None):
+        return None
+    try:
+        rollout = Rollout.from_state(kept["rollout"])
+    except ValueError:  # saved under older rules (steps: [100] could never pass its MSE gate)
+        return None
+    return rollout if {rollout.stable, rollout.canary} <= set(spec.versions) else None
+

@@ -192,6 +192,16 @@ def test_declared_rollout_starts_once_and_resumes(tmp_path: Path):
     assert controller(tmp_path / "s.db", clock, declared).rollouts["patchtst"].status == "rolled_back"
 
 
+def test_a_rollout_the_config_no_longer_declares_takes_its_split_with_it(tmp_path: Path):
+    clock = Clock()
+    declared = {**DECLARED, "patchtst": Declared(("v1", "v2"), {"v1": 1.0}, {}, PLAN)}
+    walk(controller(tmp_path / "s.db", clock, declared), clock, canary_error=0.01, steps=1)  # now at 50%
+    again = controller(tmp_path / "s.db", clock)  # the same config without the rollout
+    assert "patchtst" not in again.rollouts and again.snapshot()["patchtst"]["split"] == {"v1": 1.0}
+    assert again.report()["patchtst"]["history"][-1]["detail"]["reason"] == \
+        "the graph config no longer declares the saved rollout"
+
+
 def test_version_window_and_call_stats():
     window = VersionWindow()
     assert window.p99_s is None and window.mse is None and window.error_rate is None
@@ -213,6 +223,8 @@ def test_plan_validation():
         RolloutPlan(canary="v2", steps=[50, 25, 100])
     with pytest.raises(ValueError, match="last step must be 100"):
         RolloutPlan(canary="v2", steps=[5, 50])
+    with pytest.raises(ValueError, match="one below 100 first"):  # its MSE gate would wait for ever
+        RolloutPlan(canary="v2", steps=[100])
 
 
 def test_admin_token_and_authorisation(tmp_path: Path):
