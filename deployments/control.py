@@ -98,7 +98,8 @@ class ControlPlane:
             model: Declared(tuple(spec.versions), spec.split(), dict(spec.shadow), spec.rollout)
             for model, spec in self.args.members.items()
         })
-        self.ledger = Ledger(store, trust, self.args.ledger, observers=[self.traffic.observe_labels])
+        self.ledger = Ledger(store, trust, self.args.ledger, observers=[self.traffic.observe_labels],
+                             observed_documents=self.traffic.documents)
         self.epoch = 0  # bumps whenever what routers serve with changes
         self._changed = asyncio.Event()
         self.metrics = TrustMetrics()

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from pydantic import Field
 
@@ -49,10 +50,14 @@ class FeedbackReport:
 class Ledger:
     def __init__(self, store: StateStore, trust: TrustBook, spec: LedgerSpec,
                  clock: Callable[[], float] = time.time,
-                 observers: Sequence[Callable[[list[Joined]], None]] = ()) -> None:
-        """`observers` see every batch of joined labels after trust has learned from it."""
+                 observers: Sequence[Callable[[list[Joined]], None]] = (),
+                 observed_documents: Callable[[], Mapping[str, Any]] = dict) -> None:
+        """`observers` see every batch of joined labels after trust has learned from it;
+        `observed_documents` is the state they keep, saved in the same transaction as the labels,
+        which count as applied once saved: on a restart neither trust nor an observer has lost
+        what a label taught it, nor learns from it twice."""
         self.store, self.trust, self.spec, self.clock = store, trust, spec, clock
-        self.observers = list(observers)
+        self.observers, self.observed_documents = list(observers), observed_documents
         documents = store.get_documents()
         if TRUST_DOCUMENT in documents:
             trust.restore(documents[TRUST_DOCUMENT])
@@ -144,7 +149,7 @@ class Ledger:
         self.totals.add(FeedbackReport(pending=-expired, unknown=expired))
         documents = {TOTALS_DOCUMENT: asdict(self.totals)}
         if learned:
-            documents[TRUST_DOCUMENT] = self.trust.state()
+            documents.update(self.observed_documents(), **{TRUST_DOCUMENT: self.trust.state()})
         self.store.save_labels(rows, changes, documents)
 
     def expire(self) -> None:

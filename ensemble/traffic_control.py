@@ -200,13 +200,17 @@ class TrafficController:
         return (f"rollout.{transition.kind}", rollout.member,
                 {"reason": transition.reason, "split": self.splits[rollout.member], **transition.detail})
 
-    def _save(self, events: list[tuple[str, str, dict]]) -> None:
+    def documents(self) -> dict[str, Any]:
+        """The whole state as the store keeps it; the ledger saves it with the labels it observed."""
         traffic = {m: {"split": self.splits[m], "shadow": self.shadows[m], "declared": _declared_traffic(d)}
                    for m, d in self.declared.items()}
         rollouts = {m: {"rollout": r.state(),
                         "declared": self.declared[m].rollout.model_dump() if self.declared[m].rollout else None}
                     for m, r in self.rollouts.items()}
-        self.store.put_documents({TRAFFIC_DOCUMENT: traffic, ROLLOUTS_DOCUMENT: rollouts}, events)
+        return {TRAFFIC_DOCUMENT: traffic, ROLLOUTS_DOCUMENT: rollouts}
+
+    def _save(self, events: list[tuple[str, str, dict]]) -> None:
+        self.store.put_documents(self.documents(), events)
         self._unpublished.extend(events)
 
 

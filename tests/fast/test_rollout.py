@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from ensemble.admin import admin_token, authorise
+from ensemble.ledger import Ledger, LedgerSpec
 from ensemble.rollout import CallStats, Rollout, RolloutPlan, VersionWindow, latency_bucket
 from ensemble.store import StateStore
 from ensemble.traffic import ChangeRejected
 from ensemble.traffic_control import Declared, TrafficChange, TrafficController
+from ensemble.trust import TrustBook, TrustSpec
 
 PLAN = RolloutPlan(canary="v2", steps=[10, 50, 100], interval_s=10, min_requests=20, min_labels=20,
                    error_tolerance=0.1, max_error_rate=0.05, max_p99_latency_s=0.2)
@@ -200,6 +202,26 @@ def test_a_rollout_the_config_no_longer_declares_takes_its_split_with_it(tmp_pat
     assert "patchtst" not in again.rollouts and again.snapshot()["patchtst"]["split"] == {"v1": 1.0}
     assert again.report()["patchtst"]["history"][-1]["detail"]["reason"] == \
         "the graph config no longer declares the saved rollout"
+
+
+def test_labels_a_rollout_learned_from_survive_a_restart_before_its_tick(tmp_path: Path):
+    """The rollout's windows are saved with the labels, which are then applied for good."""
+    clock = Clock()
+
+    def plane() -> tuple[TrafficController, Ledger]:
+        control = controller(tmp_path / "s.db", clock)
+        trust = TrustBook(TrustSpec(), {"patchtst-v1": 1.0, "patchtst-v2": 1.0, "lstm-v1": 1.0})
+        ledger = Ledger(StateStore(f"sqlite:///{tmp_path / 's.db'}"), trust, LedgerSpec(), clock,
+                        observers=[control.observe_labels], observed_documents=control.documents)
+        return control, ledger
+
+    control, ledger = plane()
+    control.start_rollout("patchtst", PLAN)
+    ledger.record([(f"r{i}", clock.now, {"patchtst-v2": 0.0}) for i in range(30)])
+    assert ledger.feedback([(f"r{i}", 0.1) for i in range(30)]).applied == 30
+    control, ledger = plane()  # stopped before the control plane's next tick
+    assert control.rollouts["patchtst"].canary_window.labels == 30
+    assert ledger.feedback([("r0", 0.1)]).duplicate == 1
 
 
 def test_version_window_and_call_stats():
