@@ -153,12 +153,12 @@ class Ledger:
         self.store.save_labels(rows, changes, documents)
 
     def expire(self) -> None:
-        """Count labels whose prediction never came as unknown; prune the durable log."""
+        """Count labels whose prediction never came as unknown; prune the durable log and labels."""
         now = self.clock()
         changes = self._expire_pending(now)
         if changes:
             self._save(FeedbackReport(), [], changes, learned=False, expired=len(changes))
-        self.store.prune_predictions(now - self.spec.max_age_s, self.spec.max_predictions)
+        self.store.prune(now - self.spec.max_age_s, self.spec.max_predictions)
 
     def _expire_pending(self, now: float) -> dict[str, str]:
         expired = [rid for rid, (_, at) in self._pending.items() if now - at > self.spec.join_grace_s]

@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
 )
 from sqlalchemy.engine import Engine
 
@@ -46,6 +48,9 @@ labels = Table(
     Column("received_at", Float, nullable=False),
     Column("status", String(16), nullable=False),  # applied | pending | unknown
 )
+# Pruning finds labels by age, and the unknown ones by status and age.
+LABEL_INDEXES = (Index("labels_received_at", labels.c.received_at),
+                 Index("labels_status_received_at", labels.c.status, labels.c.received_at))
 documents = Table(  # small JSON documents: trust state, splits, rollouts
     "documents",
     metadata,
@@ -86,6 +91,8 @@ class StateStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        for index in LABEL_INDEXES:  # create_all leaves the tables of an older store as they were
+            index.create(self.engine, checkfirst=True)
 
     # -- prediction log ---------------------------------------------------------------
     def log_predictions(self, rows: Sequence[tuple[str, float, dict[str, float]]]) -> None:
@@ -110,15 +117,21 @@ class StateStore:
             rows = conn.execute(query).all()
         return [(r.request_id, r.created_at, r.members) for r in reversed(rows)]
 
-    def prune_predictions(self, older_than: float, keep: int) -> None:
+    def prune(self, older_than: float, keep: int) -> None:
+        """Drop predictions and labels older than `older_than`, then all but the newest `keep`
+        predictions and `keep` unknown labels (those joined nothing, so none is learned twice).
+        A label received before `older_than` is for a prediction older still, which no resend
+        can join; the totals keep what was counted."""
+        unknown = labels.c.status == "unknown"
         with self.engine.begin() as conn:
             conn.execute(delete(predictions).where(predictions.c.created_at < older_than))
-            count = conn.execute(select(func.count()).select_from(predictions)).scalar_one()
-            if count > keep:
-                cutoff = conn.execute(
-                    select(predictions.c.created_at).order_by(predictions.c.created_at.desc()).offset(keep).limit(1)
-                ).scalar_one()
-                conn.execute(delete(predictions).where(predictions.c.created_at <= cutoff))
+            conn.execute(delete(labels).where(labels.c.received_at < older_than))
+            for table, at, which in ((predictions, predictions.c.created_at, true()),
+                                     (labels, labels.c.received_at, unknown)):
+                count = conn.execute(select(func.count()).select_from(table).where(which)).scalar_one()
+                if count > keep:
+                    cutoff = conn.execute(select(at).where(which).order_by(at.desc()).offset(keep).limit(1)).scalar_one()
+                    conn.execute(delete(table).where(which, at <= cutoff))
 
     # -- labels and learned state -------------------------------------------------------
     def known_labels(self, request_ids: Iterable[str]) -> set[str]:

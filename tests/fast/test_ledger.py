@@ -78,6 +78,22 @@ def test_a_prediction_past_its_age_is_not_joined(tmp_path: Path):
     assert book.feedback([("old", 1.0)]).unknown == 1  # no prediction logged since: unknown all the same
 
 
+def test_labels_are_bounded_by_age_and_the_unknown_ones_by_count(tmp_path: Path):
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, max_predictions=100, max_age_s=60, join_grace_s=0)
+    book.record([("r", clock.now, {"a-v1": 0.0})])
+    book.feedback([("r", 1.0)])
+    for i in range(150):
+        clock.now += 0.1
+        book.feedback([(f"ghost{i}", 1.0)])
+    book.expire()
+    assert book.store.label_counts() == {"applied": 1, "unknown": 100}
+    assert book.feedback([("r", 1.0)]).duplicate == 1  # an applied label is kept while it could join
+    clock.now += 61
+    book.expire()
+    assert book.store.label_counts() == {} and book.totals.unknown == 150
+
+
 def test_pending_labels_survive_a_restart(tmp_path: Path):
     clock = Clock()
     ledger(tmp_path / "s.db", clock, join_grace_s=60).feedback([("early", 2.0)])
