@@ -76,7 +76,8 @@ def _baselines(args: GraphArgs) -> dict[str, float]:
             try:
                 baselines[deployment_name(model, version)] = read_manifest(args.model_root, model, version).holdout.mse
             except ModelLoadError:
-                logger.warning("no manifest for %s/%s: its drift baseline will be its first labels", model, version)
+                logger.warning("no manifest for %s/%s: no holdout MSE, so no drift baseline unless "
+                               "trust.drift.baseline is first_labels", model, version)
     return baselines
 
 
