@@ -246,8 +246,12 @@ class EnsemblePredictor:
             failure = future.exception() if not future.cancelled() else None
             status = "timeout" if isinstance(failure, asyncio.TimeoutError) else "error"
             self._on_shadow(ShadowOutcome(*key, ids, None, status))
-        elif not np.isfinite(future.result()).all():
-            self._on_shadow(ShadowOutcome(*key, ids, None, "error"))
+        elif not (finite := np.isfinite(future.result())).all():
+            # The rows it gave no prediction for are errors; the others are logged all the same.
+            self._on_shadow(ShadowOutcome(*key, [i for i, ok in zip(ids, finite) if not ok], None, "error"))
+            if finite.any():
+                self._on_shadow(ShadowOutcome(*key, [i for i, ok in zip(ids, finite) if ok],
+                                              future.result()[finite], "ok"))
         else:
             self._on_shadow(ShadowOutcome(*key, ids, future.result(), "ok"))
 
@@ -307,7 +311,10 @@ class _Fanout:
         # Plain floats from here on: a request's answer is built from them, and numpy's checks
         # and item writes cost more than the few values each request holds.
         values = None if isinstance(outputs, BaseException) else outputs.tolist()
-        if values is None or not all(map(math.isfinite, values)):
+        finite = values is not None and all(map(math.isfinite, values))
+        if not finite and values is not None:  # NaN where the member gave no prediction for a row
+            values = [v if math.isfinite(v) else math.nan for v in values]
+        if values is None or not any(v == v for v in values):  # failed, or NaN for every row
             self.status[part] = "error"
         else:
             m, _, index = self.parts[part]
@@ -317,7 +324,7 @@ class _Fanout:
                 row = self.predictions[m]
                 for b, value in zip(index.tolist(), values):
                     row[b] = value
-            self.status[part] = "ok"
+            self.status[part] = "ok" if finite else "error"  # rows left out count as its errors
             self.answered = True
         self.left -= 1
         self.left_waited_for -= self.waited_for[part]

@@ -22,7 +22,7 @@ class ArtifactIntegrityError(ModelLoadError):
 
 
 class ModelPredictError(ModelError):
-    """The framework failed while predicting, or produced non-finite values."""
+    """The framework failed while predicting."""
 
 
 class InputShapeError(ModelPredictError):

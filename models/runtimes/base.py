@@ -61,8 +61,9 @@ class Runtime(ABC):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 windows [B, T, F] -> float32 next returns [B].
 
-        InputShapeError for anything else; ModelPredictError wraps framework failures and
-        non-finite outputs.
+        InputShapeError for anything else; ModelPredictError wraps framework failures. A window
+        the model gives no finite prediction for (extreme inputs overflow a net) gets NaN, its
+        own row only: a call carries many requests' windows, and one's should not fail the rest.
         """
         try:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -76,7 +77,7 @@ class Runtime(ABC):
         except Exception as exc:  # noqa: BLE001 - no framework exception leaves a runtime unwrapped
             raise ModelPredictError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
         if not np.isfinite(out).all():
-            raise ModelPredictError(f"{self._name}: non-finite prediction for {int((~np.isfinite(out)).sum())} window(s)")
+            out[~np.isfinite(out)] = np.nan  # inf too: NaN alone means "no prediction" downstream
         return out
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 32)) -> None:

@@ -74,6 +74,18 @@ def test_non_finite_member_output_counts_as_error():
     assert result.answers(["x", "y", "z"])[0]["missing"] == ["a"]
 
 
+def test_a_row_without_a_finite_prediction_leaves_that_member_out_of_its_instance_alone():
+    async def overflows_on_the_second(rows: np.ndarray) -> np.ndarray:
+        return np.array([1.0, np.inf, np.nan][:len(rows)], dtype=np.float32)
+
+    result = asyncio.run(predictor({"a": {"v1": overflows_on_the_second}, "b": {"v1": constant(3.0)}})
+                         .predict(WINDOWS, [None] * 3))
+    answers = result.answers(["x", "y", "z"])
+    assert [a["missing"] for a in answers] == [[], ["a"], ["a"]]
+    np.testing.assert_allclose(result.combined, [2.0, 3.0, 3.0])
+    assert {o.model: o.status for o in result.outcomes} == {"a": "error", "b": "ok"}
+
+
 def test_instances_split_across_versions_by_key():
     ensemble = predictor({"m": {"v1": constant(1.0), "v2": constant(2.0)}}, splits={"m": {"v1": 0.5, "v2": 0.5}})
     keys = [f"k{i}" for i in range(40)]

@@ -40,6 +40,15 @@ def test_every_version_loads_and_predicts(repo: Path, model: str, version: str):
     assert (runtime.framework, runtime.device) == (manifest.framework, "cpu")
 
 
+@pytest.mark.parametrize("model, version", PAIRS)
+def test_a_window_without_a_finite_prediction_is_nan_alone(repo: Path, model: str, version: str):
+    runtime = load_runtime(repo, model, version)
+    windows = sample_windows(3, seed=3)
+    windows[1] = 3e38  # finite float32, which overflows a net
+    out = runtime.predict(windows)
+    assert np.isfinite(out[[0, 2]]).all() and (np.isfinite(out[1]) or np.isnan(out[1]))
+
+
 @pytest.mark.parametrize("model, version", [(m, v) for m, v in PAIRS if m in NETS])
 def test_a_net_asked_for_cuda_runs_its_state_dict_in_torch(repo: Path, model: str, version: str):
     on_cpu = load_runtime(repo, model, version)
