@@ -78,6 +78,13 @@ class MemberStats:
         return mse, mean, max(self.rolling_residual_sq / self.rolling_norm - mean * mean, 0.0)
 
 
+# A label or residual counts at most this many of the labels' standard deviations away, once
+# OUTLIER_AFTER labels have set the scale: one wrong label (a price sent for a return) would
+# otherwise blow the running variance up for good, every later loss would round to 0, and
+# hedge would stop learning.
+OUTLIER_SIGMAS, OUTLIER_AFTER = 10.0, 30
+
+
 @dataclass
 class LabelScale:
     """Running mean and variance of the labels: the unit of the normalised loss."""
@@ -86,7 +93,15 @@ class LabelScale:
     mean: float = 0.0
     m2: float = 0.0
 
+    @property
+    def bound(self) -> float:
+        """How far from the mean (or from a prediction) a label counts: OUTLIER_SIGMAS standard
+        deviations, unbounded until OUTLIER_AFTER labels are in."""
+        return OUTLIER_SIGMAS * math.sqrt(self.variance) if self.count >= OUTLIER_AFTER else math.inf
+
     def add(self, actual: float) -> None:
+        bound = self.bound
+        actual = min(max(actual, self.mean - bound), self.mean + bound)
         self.count += 1
         delta = actual - self.mean
         self.mean += delta / self.count
@@ -113,6 +128,7 @@ class TrustBook:
         recent_decay = _decay(self.spec.error_window)
         drift_decay = _decay(self.spec.drift.window)
         for predictions, actual in joined:
+            bound = self.scale.bound  # before this label moves it
             self.scale.add(actual)
             variance = self.scale.variance
             total_loss = 0.0
@@ -120,7 +136,7 @@ class TrustBook:
                 self._stats_of(member)  # before this label's losses: a newcomer starts at the mean before it
             for member, predicted in predictions.items():
                 stats = self.stats[member]
-                residual = actual - predicted
+                residual = min(max(actual - predicted, -bound), bound)
                 squared = residual * residual
                 loss = min(squared / variance, 100.0)
                 total_loss += loss

@@ -124,3 +124,20 @@ def test_a_version_deployed_after_others_learned_starts_at_their_mean():
                  for y in rng.normal(0, 1, 5)])
     weights = book.weights()
     assert weights["good-v1"] > weights["good-v2"] > weights["poor-v1"]  # a few good labels do not crown it
+
+
+def test_one_wrong_label_does_not_stop_learning():
+    """A label in the wrong unit (3.4e38) counts as a few standard deviations, not as itself."""
+    members = {"good-v1": 0.1, "poor-v1": 1.0}
+    rng = np.random.default_rng(4)
+
+    def labels(n: int) -> list:
+        return [({m: y + rng.normal(0, s) for m, s in members.items()}, y) for y in rng.normal(0, 1, n)]
+
+    book = TrustBook(TrustSpec(), priors=dict.fromkeys(members, 1.0))
+    book.update(labels(300))
+    book.update([({m: 0.0 for m in members}, 3.4e38)])
+    assert book.scale.variance < 2.0 and book.stats["good-v1"].recent() < 1.0
+    book.update(labels(300))
+    weights = book.weights()
+    assert weights["good-v1"] > 0.9  # still learning whom to trust
