@@ -314,7 +314,9 @@ class _Fanout:
         finite = values is not None and all(map(math.isfinite, values))
         if not finite and values is not None:  # NaN where the member gave no prediction for a row
             values = [v if math.isfinite(v) else math.nan for v in values]
-        if values is None or not any(v == v for v in values):  # failed, or NaN for every row
+            if all(map(math.isnan, values)):
+                values = None
+        if values is None:
             self.status[part] = "error"
         else:
             m, _, index = self.parts[part]
