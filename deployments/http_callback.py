@@ -7,6 +7,7 @@ failing import here would stop the ingress.
 """
 
 from collections.abc import Awaitable, Callable
+import json
 import os
 import time
 
@@ -22,13 +23,23 @@ REQUEST_ID = b"x-request-id"
 # answer's status and JSON.
 PredictAnswer = Callable[[bytes | None, float], Awaitable[tuple[int, bytes]]]
 _answer_here: tuple[PredictAnswer, int] | None = None
+# The full path of the router's predict route, as Serve routed one to it: its application's
+# route prefix, which the replica is not told, and /v1/predict. Until one has come, and for any
+# other path (another application's, while HAProxy's routes catch up), Serve routes them.
+_predict_path: str | None = None
 
 
 def answer_predict_here(answer: PredictAnswer, max_body_bytes: int) -> None:
     """Called by the router replica of this process: `PredictAhead` answers its predict requests,
-    whose bodies are at most `max_body_bytes`."""
+    whose bodies are at most `max_body_bytes`, once `predict_routed_here` has named their path."""
     global _answer_here
     _answer_here = answer, max_body_bytes
+
+
+def predict_routed_here(path: str) -> None:
+    """Called by the router with the path of a predict request Serve routed to it."""
+    global _predict_path
+    _predict_path = path
 
 
 def content_length(headers: list[tuple[bytes, bytes]]) -> int:
@@ -68,10 +79,24 @@ async def answer_asgi(answer: PredictAnswer, max_body_bytes: int, scope: Scope, 
         body = await read_body(receive, scope["headers"], max_body_bytes)
     except ClientDisconnect:
         return
-    status, content = await answer(body, arrived)
+    await send_json(send, *await answer(body, arrived), headers)
+
+
+async def send_json(send: Send, status: int, content: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": content})
+
+
+def not_utf8(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The name of the first header whose value is not UTF-8, if any."""
+    for name, value in headers:
+        if not value.isascii():
+            try:
+                value.decode()
+            except UnicodeDecodeError:
+                return name
+    return None
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -104,16 +129,21 @@ class PredictAhead:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # endswith: the ensemble may be deployed under any route prefix; HAProxy sends a
-        # router's replicas only paths under its application's.
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(PREDICT_PATH):
-            if _answer_here is not None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            if scope["path"] == _predict_path and _answer_here is not None:
                 answer, max_body_bytes = _answer_here
                 await answer_asgi(answer, max_body_bytes, scope, receive, send,
                                   ((REQUEST_ID, request_id(scope["headers"])),))
                 return
-            # Serve reads the headers into a dict, so the last value of a repeated name wins.
-            scope["headers"] = [*scope["headers"], DISCONNECT_DISABLED]
+            if scope["path"].endswith(PREDICT_PATH):  # any application's, under any route prefix
+                # Serve reads the headers into a dict, so the last value of a repeated name wins.
+                scope["headers"] = [*scope["headers"], DISCONNECT_DISABLED]
+        # Serve decodes some header values as UTF-8 (X-Request-ID, its session and timeout
+        # headers) and answers 500 where one is not: the client's error, so a 400 that says so.
+        if scope["type"] == "http" and (name := not_utf8(scope["headers"])) is not None:
+            detail = f"header {name.decode('latin-1')}: its value is not UTF-8"
+            await send_json(send, 400, json.dumps({"detail": detail}).encode())
+            return
         await self.app(scope, receive, send)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import ray
 from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayTaskError
@@ -42,7 +43,8 @@ from ensemble.traffic_control import TrafficChange
 from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
 from deployments.autoscaling import UNSEEN_IN_FLIGHT
 from deployments.heap import freeze_loaded
-from deployments.http_callback import answer_asgi, answer_predict_here, over_the_limit, read_body
+from deployments.http_callback import (answer_asgi, answer_predict_here, over_the_limit, predict_routed_here,
+                                      read_body)
 from deployments.member_http import HttpMember
 from deployments.openapi import json_body
 
@@ -84,6 +86,7 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         router: EnsembleRouter = serve.get_replica_context().servable_object
+        predict_routed_here(scope["path"])  # Serve checked the route prefix: `PredictAhead` may take it
         await answer_asgi(router.answer_predict, router.limits.max_body_bytes, scope, receive, send)
 
 
@@ -104,6 +107,15 @@ app = EnsembleApp(
 @app.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> Response:
     return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_parameter(_: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's own checks (path parameters such as a rollout's action) answer like ours: one
+    `detail` that names the field, not FastAPI's list."""
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
+    return JSONResponse({"detail": f"{field}: {error['msg']}"}, status_code=422)
 
 
 @app.exception_handler(ClientDisconnect)

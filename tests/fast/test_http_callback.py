@@ -1,6 +1,7 @@
 """Serve's HTTP-server callback: a router's process answers predicts ahead of Serve's wrapper;
 elsewhere predicts are marked as not watched for a disconnect."""
 import asyncio
+import json
 
 import pytest
 from ray.serve._private.http_util import parse_disconnect_disabled_header, validate_http_proxy_callback_return
@@ -45,12 +46,16 @@ def _request(method: str, path: str, headers: list[tuple[bytes, bytes]],
 @pytest.fixture
 def no_router(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_callback, "_answer_here", None)
+    monkeypatch.setattr(http_callback, "_predict_path", None)
 
 
 @pytest.fixture
 def router(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A router's process, to which Serve has routed a predict at /v1/predict."""
     monkeypatch.setattr(http_callback, "_answer_here", None)
+    monkeypatch.setattr(http_callback, "_predict_path", None)
     http_callback.answer_predict_here(_answer, MAX_BODY_BYTES)
+    http_callback.predict_routed_here("/v1/predict")
 
 
 @pytest.mark.parametrize("path", ["/v1/predict", "/ensemble/v1/predict"])
@@ -73,11 +78,26 @@ def test_other_requests_keep_the_watch_and_reach_serve(router, method, path):
 
 @pytest.mark.parametrize("path", ["/v1/predict", "/ensemble/v1/predict"])
 def test_in_a_routers_process_predict_is_answered_without_serve(router, path):
+    http_callback.predict_routed_here(path)  # its application's route prefix, whatever it is
     seen, (start, body) = _request("POST", path, [(b"x-request-id", b"trace-7")], b'[1, 2, 3]')
     assert not seen
     assert start["status"] == 200 and body["body"] == b'{"echo":[1, 2, 3]}'
     assert dict(start["headers"]) == {b"content-type": b"application/json", b"content-length": b"18",
                                       b"x-request-id": b"trace-7"}
+
+
+@pytest.mark.parametrize("path", ["/other/v1/predict", "/v1/predict/"])
+def test_a_predict_path_serve_has_not_routed_here_goes_to_serve(router, path):
+    """Another application's predict (while HAProxy's routes catch up, or a made-up prefix):
+    Serve routes it, and the router answers only its own."""
+    (headers,), sent = _request("POST", path, [])
+    assert not sent and parse_disconnect_disabled_header(headers) == path.endswith("/v1/predict")
+
+
+def test_before_serve_routes_a_predict_here_it_goes_to_serve(router, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(http_callback, "_predict_path", None)
+    (headers,), sent = _request("POST", "/v1/predict", [])
+    assert not sent and parse_disconnect_disabled_header(headers)
 
 
 def test_an_answer_ahead_of_serve_gets_a_request_id_as_serves_would(router):
@@ -107,3 +127,12 @@ def test_make_serve_names_a_callback_serve_accepts():
     middlewares = validate_http_proxy_callback_return(
         call_function_from_import_path(env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]))
     assert [m.cls for m in middlewares] == [PredictAhead]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/feedback"])
+def test_a_header_value_serve_cannot_decode_is_400_not_500(router, path):
+    seen, (start, body) = _request("POST", path, [(b"x-request-id", b"a\xffb")])
+    assert not seen and start["status"] == 400
+    assert json.loads(body["body"]) == {"detail": "header x-request-id: its value is not UTF-8"}
+    (headers,), sent = _request("POST", path, [(b"user-agent", "café".encode())])  # UTF-8 goes on
+    assert not sent

@@ -14,7 +14,7 @@ from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from models.data import sample_windows
 from tests.serve.faulty import FaultyMember
-from tests.serve.conftest import DEPLOYED, MEMBERS
+from tests.serve.conftest import DEPLOYED, MEMBERS, wait_until
 
 WINDOWS = sample_windows(8, seed=11)
 
@@ -149,6 +149,8 @@ def test_no_member_answering_is_503(client: httpx.Client, serve_session):
         config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config))
     serve.run(app, name="dead", route_prefix="/dead")
     try:
+        # HAProxy takes the new route a moment after the application runs (until then "/" has it).
+        wait_until(lambda: client.get("/dead/healthz").status_code == 200, 30, "the /dead route")
         response = client.post("/dead/v1/predict", json={"window": window()})
         assert response.status_code == 503 and "no member answered" in response.json()["detail"]
     finally:
