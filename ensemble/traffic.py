@@ -27,23 +27,23 @@ def check_split(split: Mapping[str, float], versions: Iterable[str]) -> None:
     deployed = set(versions)
     unknown = sorted(set(split) - deployed)
     if unknown:
-        raise ChangeRejected(f"versions {unknown} are not deployed (deployed: {sorted(deployed)})")
+        raise ChangeRejected(f"split: versions {unknown} are not deployed (deployed: {sorted(deployed)})")
     negative = sorted(v for v, share in split.items() if not share >= 0)
     if negative:
-        raise ChangeRejected(f"shares must be >= 0: {negative}")
+        raise ChangeRejected(f"split: shares must be >= 0: {negative}")
     total = sum(split.values())
     if abs(total - 1.0) > 1e-6:
-        raise ChangeRejected(f"shares must sum to 1, not {total:.6g}")
+        raise ChangeRejected(f"split: shares must sum to 1, not {total:.6g}")
 
 
 def check_shadow(shadow: Mapping[str, float], versions: Iterable[str]) -> None:
     deployed = set(versions)
     unknown = sorted(set(shadow) - deployed)
     if unknown:
-        raise ChangeRejected(f"shadow versions {unknown} are not deployed (deployed: {sorted(deployed)})")
+        raise ChangeRejected(f"shadow: versions {unknown} are not deployed (deployed: {sorted(deployed)})")
     bad = sorted(v for v, share in shadow.items() if not 0 <= share <= 1)
     if bad:
-        raise ChangeRejected(f"shadow shares must lie in [0, 1]: {bad}")
+        raise ChangeRejected(f"shadow: shares must lie in [0, 1]: {bad}")
 
 
 def _unit_hash(key: str, version: str) -> float:

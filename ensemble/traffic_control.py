@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from ensemble.rollout import Rollout, RolloutPlan, Transition
 from ensemble.store import StateStore
@@ -30,6 +30,8 @@ Action = Literal["pause", "resume", "promote", "rollback"]
 
 class TrafficChange(StrictModel):
     """A change of one member's traffic; what is left out stays as it is."""
+
+    model_config = ConfigDict(strict=True)  # a share given as true or "0.5" is refused, not converted
 
     split: dict[str, float] | None = Field(None, description="Share of the member's requests per version; sums to 1.")
     shadow: dict[str, float] | None = Field(

@@ -40,10 +40,14 @@ def test_admin_needs_a_token(client: httpx.Client):
         ("/v1/admin/traffic/nobody", {"split": {"v1": 1.0}}, 422, "unknown member"),
         ("/v1/admin/traffic/patchtst", {"shadow": {"v2": 2.0}}, 422, "[0, 1]"),
         ("/v1/admin/traffic/patchtst", {"split": {"v1": "all"}}, 422, "split.v1"),
+        ("/v1/admin/traffic/patchtst", {"split": {"v1": True, "v2": 0}}, 422, "split.v1"),
+        ("/v1/admin/traffic/patchtst", {"split": {}}, 422, "split: shares must sum to 1"),
         ("/v1/admin/traffic/patchtst", {"splits": {"v1": 1.0}}, 422, "splits"),
         ("/v1/admin/rollouts/patchtst", {"canary": "v9"}, 422, "not a deployed version"),
         ("/v1/admin/rollouts/patchtst", {"canary": "v2", "steps": [50, 10, 100]}, 422, "increasing"),
         ("/v1/admin/rollouts/patchtst/rollback", None, 409, "no rollout"),
+        ("/v1/admin/rollouts/patchtst/explode", None, 422, "action: Input should be 'pause'"),
+        ("/v1/admin/rollouts/patchtst", {"canary": "v2", "steps": [100]}, 422, "one below 100 first"),
     ],
 )
 def test_invalid_changes_are_refused_and_change_nothing(client: httpx.Client, path, body, status, message):
