@@ -204,20 +204,31 @@ class Server:
         self.proc = None
 
 
+def ray_temp_dir() -> str:
+    """A fresh directory for one Ray instance's files; short, as Ray puts unix sockets under it."""
+    return tempfile.mkdtemp(prefix="rb", dir="/tmp")
+
+
+def ray_env(settings: str, temp_dir: str) -> dict[str, str]:
+    """The environment of a Ray session under ingress `settings` and the rest of `make serve`'s,
+    with HAProxy's files under `temp_dir` and its ports free, so that it runs beside other instances."""
+    return {**SETTINGS[settings], **TUNING_ENV,
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{temp_dir}/haproxy/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{temp_dir}/haproxy/admin.sock",
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{temp_dir}/haproxy/metrics.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": f"{temp_dir}/haproxy",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{temp_dir}/haproxy/server-state",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def ray_server(name: str, app: str, log_dir: Path, settings: str = "default", extra: list[str] | None = None) -> Server:
     """serve_runner with one app, in its own Ray instance whose sockets and HAProxy files are private."""
     port = free_port()
     ready = Path(tempfile.mkdtemp(prefix="bench-")) / "ready.json"
-    temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray puts unix sockets under it
-    env = {**SETTINGS[settings], **TUNING_ENV,
-           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{temp_dir}/haproxy/haproxy.cfg",
-           "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{temp_dir}/haproxy/admin.sock",
-           "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{temp_dir}/haproxy/metrics.sock",
-           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": f"{temp_dir}/haproxy",
-           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{temp_dir}/haproxy/server-state",
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    temp_dir = ray_temp_dir()
+    env = ray_env(settings, temp_dir)
     command = [PYTHON, "-m", "bench.serve_runner", "--app", app, "--port", str(port), "--ready-file", str(ready),
                "--temp-dir", temp_dir, *(extra or [])]
     return Server(name, command, port, settings, log_dir, env, ready, marker=temp_dir)

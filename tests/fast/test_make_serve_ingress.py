@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.apps.graph_args import DEFAULT_GRAPH
-from bench.servers import predict_probe, ray_server
+from bench.servers import Server, predict_probe, ray_server
 from bench.wrk import make_bodies
 
 pytestmark = pytest.mark.serve
@@ -49,6 +49,16 @@ def router_access_log(temp_dir: str) -> str:
     return "".join(path.read_text(errors="replace") for path in logs)
 
 
+def access_log_after_readyz(server: Server, times: int) -> str:
+    """The router's access log once it shows GET /readyz `times` times (one more request now)."""
+    urllib.request.urlopen(f"{server.url}/readyz", timeout=10).read()
+    deadline = time.monotonic() + 10  # the line is written just after the answer is sent
+    while (log := router_access_log(server.marker)).count("GET /readyz") < times:
+        assert time.monotonic() < deadline, "Serve's access log never showed /readyz"
+        time.sleep(0.05)
+    return log
+
+
 def leave_mid_body(port: int, path: str) -> None:
     """Send a request's headers, wait for the server to start reading its body (its 100 Continue,
     so the request has reached the router), then send part of the body and close the connection."""
@@ -61,12 +71,16 @@ def leave_mid_body(port: int, path: str) -> None:
         connection.sendall(b'{"request_id": "left-early"')
 
 
-def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo: Path) -> None:
-    body = make_bodies()[0]
-    # `make serve`'s graph over the session's tiny models (a fresh checkout has no model_repo/).
+def ensemble_server(tmp_path: Path, tiny_repo: Path, settings: str) -> Server:
+    """`make serve`'s graph over the session's tiny models (a fresh checkout has no model_repo/)."""
     graph = tmp_path / "ensemble.yaml"
     graph.write_text(DEFAULT_GRAPH.read_text().replace("model_root: model_repo", f"model_root: {tiny_repo}"))
-    server = ray_server("ensemble", "ensemble", tmp_path, "throughput+haproxy", ["--graph", str(graph)])
+    return ray_server("ensemble", "ensemble", tmp_path, settings, ["--graph", str(graph)])
+
+
+def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo: Path) -> None:
+    body = make_bodies()[0]
+    server = ensemble_server(tmp_path, tiny_repo, "throughput+haproxy")
     server.env["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = "1"  # each access-log line written at once
     server.env["RAY_metrics_report_interval_ms"] = "1000"  # metrics exported each second, not each ten
     server.start()
@@ -79,13 +93,13 @@ def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo
         assert status == 422 and error["detail"].startswith("window:")
         status, _, error = post(f"{server.url}/v1/predict", b"[" + b"1," * 5_000_000 + b"1]")
         assert status == 413 and error["detail"] == "body: over the limit of 8388608 bytes"
-        # Serve's wrapper logs each request it sees: another route's is there, no predict's.
-        urllib.request.urlopen(f"{server.url}/readyz", timeout=10).read()
-        deadline = time.monotonic() + 10  # the line is written just after the answer is sent
-        while "/readyz" not in (log := router_access_log(server.marker)):
-            assert time.monotonic() < deadline, "Serve's access log never showed /readyz"
-            time.sleep(0.05)
-        assert "/v1/predict" not in log
+        # Serve's wrapper logs each request it sees: another route's is there, and predicts only
+        # until the first one Serve routed told the router its path (the readiness probe's).
+        routed = access_log_after_readyz(server, 1).count("POST /v1/predict")
+        assert routed >= 1
+        for _ in range(10):
+            assert post(f"{server.url}/v1/predict", body)[0] == 200
+        assert access_log_after_readyz(server, 2).count("POST /v1/predict") == routed
         # A client that leaves mid-body is counted as gone (499), not as a server error.
         leave_mid_body(server.port, "/v1/feedback")
         deadline = time.monotonic() + 10
@@ -99,5 +113,23 @@ def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo
         while not answers_are_exported(metrics_url):
             assert time.monotonic() < deadline, "the predict answers never reached Ray's metrics"
             time.sleep(0.5)
+    finally:
+        server.stop()
+
+
+def test_under_rays_defaults_serves_path_answers_predicts(tmp_path: Path, tiny_repo: Path) -> None:
+    """`make serve SERVE_ENV=`: Ray's proxy and Serve's per-request wrapper, no callback (the
+    serve session runs under `make serve`'s settings)."""
+    body = make_bodies()[0]
+    server = ensemble_server(tmp_path, tiny_repo, "default")
+    server.env.pop("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH")
+    server.start()
+    try:
+        server.wait_ready(predict_probe(body), 300)
+        status, headers, answer = post(f"{server.url}/v1/predict", body, {"x-request-id": "trace-8"})
+        assert status == 200 and len(answer["members"]) == 5 and not answer["degraded"]
+        assert headers["x-request-id"] == "trace-8"
+        status, _, error = post(f"{server.url}/v1/predict", b'{"window": [[1, 2]]}')
+        assert status == 422 and error["detail"].startswith("window")
     finally:
         server.stop()

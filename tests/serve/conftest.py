@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray import serve
 
-from bench.servers import free_port
+from bench.servers import free_port, ray_env, ray_temp_dir
 from deployments.control import ControlPlane
 from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
@@ -111,9 +111,14 @@ def serve_session(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     state = tmp_path_factory.mktemp("state")
     state_url = f"sqlite:///{state / 'ensemble.db'}"
     port = free_port()
-    # Replicas inherit the environment of the Ray instance this process starts.
-    os.environ["ENSEMBLE_ADMIN_TOKEN"] = ADMIN_TOKEN
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    temp_dir = ray_temp_dir()
+    # Replicas inherit the environment of the Ray instance this process starts: `make serve`'s
+    # settings, so the tests go where users' requests go (HAProxy, predictions answered by Serve's
+    # HTTP-server callback ahead of its per-request wrapper).
+    session_env = {**ray_env("throughput+haproxy", temp_dir), "ENSEMBLE_ADMIN_TOKEN": ADMIN_TOKEN}
+    saved_env = {name: os.environ.get(name) for name in session_env}
+    os.environ.update(session_env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(graph_args(model_root, state_url)), name="ensemble", route_prefix="/")
@@ -125,9 +130,13 @@ def serve_session(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         wait_until(lambda: httpx.get(f"{url}/synthetic/readyz", timeout=5).status_code == 200, 60, "synthetic app up")
         yield ServeSession(url, model_root, state_url, f"sqlite:///{state / 'synthetic.db'}")
     finally:
-        os.environ.pop("ENSEMBLE_ADMIN_TOKEN", None)
         serve.shutdown()
         ray.shutdown()
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
