@@ -182,7 +182,8 @@ class TrustBook:
         return self._floored(raw)
 
     def _mean_discounted_loss(self) -> float:
-        known = [stats.discounted_loss for stats in self.stats.values()]
+        """Over the deployed versions with a history: a retired one's loss no longer decays."""
+        known = [stats.discounted_loss for member, stats in self.stats.items() if member in self.priors]
         return sum(known) / len(known) if known else 0.0
 
     def _stats_of(self, member: str) -> MemberStats:

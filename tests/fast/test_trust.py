@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ensemble.combine import weighted_mean
-from ensemble.trust import TrustBook, TrustSpec
+from ensemble.trust import MemberStats, TrustBook, TrustSpec
 
 MEMBERS = ["best-v1", "b-v1", "c-v1", "d-v1", "e-v1"]
 NOISE = np.array([0.1, 0.3, 0.4, 0.5, 0.6])  # members' error std around the signal
@@ -117,6 +117,7 @@ def test_a_version_deployed_after_others_learned_starts_at_their_mean():
     rng = np.random.default_rng(2)
     actuals = rng.normal(0, 1, 2000)
     book.update([({m: y + rng.normal(0, s) for m, s in members.items()}, y) for y in actuals])
+    book.stats["gone-v1"] = MemberStats(discounted_loss=1e4)  # retired long ago: its loss stands still
     book.priors["good-v2"] = 1.0  # deployed now, as `make deploy` of a canary does
     weights = book.weights()
     assert weights["good-v1"] > weights["good-v2"] > weights["poor-v1"]
