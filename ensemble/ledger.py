@@ -21,6 +21,7 @@ PredictionRow = tuple[str, float, dict[str, float]]  # request_id, created_at, m
 Joined = tuple[dict[str, float], float]  # what each member version predicted, what really happened
 TRUST_DOCUMENT = "trust"
 TOTALS_DOCUMENT = "feedback_totals"
+CLOCK_SKEW_S = 3600.0  # how far a router's clock may run ahead of the control plane's
 
 
 class LedgerSpec(StrictModel):
@@ -158,7 +159,10 @@ class Ledger:
         changes = self._expire_pending(now)
         if changes:
             self._save(FeedbackReport(), [], changes, learned=False, expired=len(changes))
-        self.store.prune(now - self.spec.max_age_s, self.spec.max_predictions)
+        # A label may come before its prediction (within the grace) and a router's clock may run
+        # ahead of this one: a label goes only once no prediction it could join is left.
+        labels_before = now - self.spec.max_age_s - self.spec.join_grace_s - CLOCK_SKEW_S
+        self.store.prune(now - self.spec.max_age_s, labels_before, self.spec.max_predictions)
 
     def _expire_pending(self, now: float) -> dict[str, str]:
         expired = [rid for rid, (_, at) in self._pending.items() if now - at > self.spec.join_grace_s]

@@ -117,15 +117,14 @@ class StateStore:
             rows = conn.execute(query).all()
         return [(r.request_id, r.created_at, r.members) for r in reversed(rows)]
 
-    def prune(self, older_than: float, keep: int) -> None:
-        """Drop predictions and labels older than `older_than`, then all but the newest `keep`
-        predictions and `keep` unknown labels (those joined nothing, so none is learned twice).
-        A label received before `older_than` is for a prediction older still, which no resend
-        can join; the totals keep what was counted."""
+    def prune(self, predictions_before: float, labels_before: float, keep: int) -> None:
+        """Drop predictions created before `predictions_before` and labels received before
+        `labels_before`, then all but the newest `keep` predictions and `keep` unknown labels
+        (those joined nothing, so none is learned twice); the totals keep what was counted."""
         unknown = labels.c.status == "unknown"
         with self.engine.begin() as conn:
-            conn.execute(delete(predictions).where(predictions.c.created_at < older_than))
-            conn.execute(delete(labels).where(labels.c.received_at < older_than))
+            conn.execute(delete(predictions).where(predictions.c.created_at < predictions_before))
+            conn.execute(delete(labels).where(labels.c.received_at < labels_before))
             for table, at, which in ((predictions, predictions.c.created_at, true()),
                                      (labels, labels.c.received_at, unknown)):
                 count = conn.execute(select(func.count()).select_from(table).where(which)).scalar_one()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.ledger import Ledger, LedgerSpec
+from ensemble.ledger import CLOCK_SKEW_S, Ledger, LedgerSpec
 from ensemble.store import StateStore
 from ensemble.trust import TrustBook, TrustSpec
 
@@ -89,9 +89,20 @@ def test_labels_are_bounded_by_age_and_the_unknown_ones_by_count(tmp_path: Path)
     book.expire()
     assert book.store.label_counts() == {"applied": 1, "unknown": 100}
     assert book.feedback([("r", 1.0)]).duplicate == 1  # an applied label is kept while it could join
-    clock.now += 61
+    clock.now += 61 + CLOCK_SKEW_S  # past any prediction it could join, however early it came
     book.expire()
     assert book.store.label_counts() == {} and book.totals.unknown == 150
+
+
+def test_a_label_that_came_before_its_prediction_is_kept_while_that_can_join(tmp_path: Path):
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, max_age_s=60, join_grace_s=5)
+    book.feedback([("r", 1.0)])
+    clock.now += 4
+    assert book.record([("r", clock.now, {"a-v1": 0.0})]).applied == 1
+    clock.now += 58  # the label is 62 s old, its prediction 58 s: still joinable
+    book.expire()
+    assert book.feedback([("r", 1.0)]).duplicate == 1
 
 
 def test_pending_labels_survive_a_restart(tmp_path: Path):
