@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from ensemble.rollout import Rollout, RolloutPlan, Transition
+from ensemble.rollout import ACTIVE, Rollout, RolloutPlan, Transition
 from ensemble.store import StateStore
 from ensemble.strict import StrictModel
 from ensemble.traffic import ChangeRejected, check_shadow, check_split
@@ -30,8 +30,6 @@ Action = Literal["pause", "resume", "promote", "rollback"]
 
 class TrafficChange(StrictModel):
     """A change of one member's traffic; what is left out stays as it is."""
-
-    model_config = ConfigDict(strict=True)  # a share given as true or "0.5" is refused, not converted
 
     split: dict[str, float] | None = Field(None, description="Share of the member's requests per version; sums to 1.")
     shadow: dict[str, float] | None = Field(
@@ -77,11 +75,13 @@ class TrafficController:
                     if rollout.active:
                         self.splits[member] = rollout.split(list(spec.versions))
                     continue
-                # The config declares another rollout or none (or not its versions): the split the
-                # saved one left, mid-way or final, goes with it.
-                self.splits[member] = dict(spec.split)
-                events.append(("traffic", member, {"reason": "the graph config no longer declares the saved rollout",
-                                                   "split": spec.split, "shadow": self.shadows[member]}))
+                # The config declares another rollout or none (or not its versions). One under way
+                # takes its split with it; one that ended leaves the split it decided on.
+                if kept["rollout"]["status"] in ACTIVE:
+                    self.splits[member] = dict(spec.split)
+                    events.append(("traffic", member, {"reason": "the graph config no longer declares the rollout "
+                                                       "under way", "split": spec.split,
+                                                       "shadow": self.shadows[member]}))
             if spec.rollout is not None:
                 events.append(self._start(member, spec.rollout, None, "declared in the graph config"))
         self._save(events)

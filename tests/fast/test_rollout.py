@@ -201,7 +201,17 @@ def test_a_rollout_the_config_no_longer_declares_takes_its_split_with_it(tmp_pat
     again = controller(tmp_path / "s.db", clock)  # the same config without the rollout
     assert "patchtst" not in again.rollouts and again.snapshot()["patchtst"]["split"] == {"v1": 1.0}
     assert again.report()["patchtst"]["history"][-1]["detail"]["reason"] == \
-        "the graph config no longer declares the saved rollout"
+        "the graph config no longer declares the rollout under way"
+
+
+def test_a_rollout_that_ended_leaves_its_split_when_the_config_drops_it(tmp_path: Path):
+    clock = Clock()
+    declared = {**DECLARED, "patchtst": Declared(("v1", "v2"), {"v1": 1.0}, {}, PLAN)}
+    control = controller(tmp_path / "s.db", clock, declared)
+    walk(control, clock, canary_error=0.01)
+    assert control.rollouts["patchtst"].status == "promoted"
+    again = controller(tmp_path / "s.db", clock)  # the rollout block removed, the traffic left as it was
+    assert again.snapshot()["patchtst"]["split"] == {"v1": 0.0, "v2": 1.0}
 
 
 def test_labels_a_rollout_learned_from_survive_a_restart_before_its_tick(tmp_path: Path):
