@@ -16,7 +16,7 @@ import bisect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ensemble.strict import StrictModel
 
@@ -29,8 +29,6 @@ LATENCY_BOUNDS = tuple(0.0005 * 1.15**i for i in range(75))
 
 class RolloutPlan(StrictModel):
     """How a canary version takes over a member's traffic, and the gates it must pass."""
-
-    model_config = ConfigDict(strict=True)  # a gate given as true or "0.5" is refused, not converted
 
     canary: str = Field(description="The version rolled out; it must be deployed.")
     steps: list[float] = Field(

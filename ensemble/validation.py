@@ -295,10 +295,11 @@ def parse_feedback(body: bytes, max_body_bytes: int, max_items: int) -> list[tup
 
 
 def parse_model(body: bytes, model: type[BaseModel], max_body_bytes: int) -> dict[str, Any]:
-    """Parse a small JSON body (admin changes) with its pydantic schema; the first error names its field."""
+    """Parse a small JSON body (admin changes) with its pydantic schema, strictly (a share sent
+    as true or "0.5" is refused, not converted); the first error names its field."""
     payload = load_json(body, max_body_bytes)
     try:
-        return model.model_validate(payload).model_dump()
+        return model.model_validate(payload, strict=True).model_dump()
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "body"

@@ -3,7 +3,7 @@ import numpy as np
 import orjson
 import pytest
 
-from ensemble.validation import Limits, RequestError, parse_predict
+from ensemble.validation import Limits, RequestError, parse_model, parse_predict
 
 T, F = 128, 8
 LIMITS = Limits(window=T, n_features=F, max_rows=300, max_instances=4, max_body_bytes=2_000_000)
@@ -192,3 +192,16 @@ def test_bad_feedback_names_the_field(payload, status, field):
     with pytest.raises(RequestError) as info:
         parse_feedback(body(payload), 10_000, 10)
     assert info.value.status == status and field in info.value.message
+
+
+def test_admin_bodies_are_parsed_strictly_and_name_the_field():
+    from ensemble.schemas import RolloutStart
+    from ensemble.traffic_control import TrafficChange
+
+    assert parse_model(b'{"split": {"v1": 1, "v2": 0.0}}', TrafficChange, 10_000)["split"] == {"v1": 1.0, "v2": 0.0}
+    for body, field in ((b'{"split": {"v1": true}}', "split.v1"), (b'{"shadow": {"v2": "0.5"}}', "shadow.v2"),
+                        (b'{"canary": "v2", "min_labels": 10.0}', "min_labels")):
+        model = RolloutStart if b"canary" in body else TrafficChange
+        with pytest.raises(RequestError) as error:
+            parse_model(body, model, 10_000)
+        assert error.value.status == 422 and error.value.message.startswith(f"{field}: ")
