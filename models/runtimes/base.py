@@ -84,7 +84,8 @@ class Runtime(ABC):
         """Predict once per batch size: first calls allocate and plan, and should not meet a request."""
         windows = sample_windows(max(batch_sizes), seed=0)
         for size in batch_sizes:
-            self.predict(windows[:size])
+            if np.isnan(self.predict(windows[:size])).any():  # ordinary windows: broken weights
+                raise ModelLoadError(f"{self._name}: no finite prediction for ordinary windows")
 
     @property
     def _name(self) -> str:

@@ -49,6 +49,14 @@ def test_a_window_without_a_finite_prediction_is_nan_alone(repo: Path, model: st
     assert np.isfinite(out[[0, 2]]).all() and (np.isfinite(out[1]) or np.isnan(out[1]))
 
 
+def test_a_model_without_finite_predictions_for_ordinary_windows_does_not_load(repo: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch):
+    runtime = load_runtime(repo, "xgboost", "v1")
+    monkeypatch.setattr(runtime, "_predict", lambda batch: np.full(len(batch), np.nan))  # as broken weights do
+    with pytest.raises(ModelLoadError, match="no finite prediction for ordinary windows"):
+        runtime.warm_up()
+
+
 @pytest.mark.parametrize("model, version", [(m, v) for m, v in PAIRS if m in NETS])
 def test_a_net_asked_for_cuda_runs_its_state_dict_in_torch(repo: Path, model: str, version: str):
     on_cpu = load_runtime(repo, model, version)
