@@ -88,10 +88,17 @@ async def send_json(send: Send, status: int, content: bytes, headers: tuple[tupl
     await send({"type": "http.response.body", "body": content})
 
 
+# The headers whose values Serve decodes as UTF-8 (ray.serve._private: its request id, timeout,
+# disconnect, multiplexing, session and tracing headers), names as Serve compares them.
+SERVE_DECODES = frozenset({"x_request_id", "x_request_timeout_seconds", "x_request_disconnect_disabled",
+                           "serve_multiplexed_model_id", "traceparent", "tracestate",
+                           os.environ.get("RAY_SERVE_SESSION_ID_HEADER_KEY", "x-session-id").lower().replace("-", "_")})
+
+
 def not_utf8(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The name of the first header whose value is not UTF-8, if any."""
+    """The name of the first header Serve decodes whose value is not UTF-8, if any."""
     for name, value in headers:
-        if not value.isascii():
+        if not value.isascii() and name.decode("latin-1").lower().replace("-", "_") in SERVE_DECODES:
             try:
                 value.decode()
             except UnicodeDecodeError:
@@ -138,8 +145,7 @@ class PredictAhead:
             if scope["path"].endswith(PREDICT_PATH):  # any application's, under any route prefix
                 # Serve reads the headers into a dict, so the last value of a repeated name wins.
                 scope["headers"] = [*scope["headers"], DISCONNECT_DISABLED]
-        # Serve decodes some header values as UTF-8 (X-Request-ID, its session and timeout
-        # headers) and answers 500 where one is not: the client's error, so a 400 that says so.
+        # Serve answers 500 where a header it decodes is not UTF-8: the client's error, so a 400.
         if scope["type"] == "http" and (name := not_utf8(scope["headers"])) is not None:
             detail = f"header {name.decode('latin-1')}: its value is not UTF-8"
             await send_json(send, 400, json.dumps({"detail": detail}).encode())
