@@ -8,6 +8,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,21 +73,31 @@ def leave_mid_body(port: int, path: str) -> None:
         connection.sendall(b'{"request_id": "left-early"')
 
 
-def ensemble_server(tmp_path: Path, tiny_repo: Path, settings: str) -> Server:
-    """`make serve`'s graph over the session's tiny models (a fresh checkout has no model_repo/)."""
+@contextmanager
+def serving_ensemble(tmp_path: Path, tiny_repo: Path, settings: str, env: dict[str, str | None]) -> Iterator[Server]:
+    """`make serve`'s graph over the session's tiny models (a fresh checkout has no model_repo/),
+    under ingress `settings` with `env` set (None: unset), ready; stopped afterwards."""
     graph = tmp_path / "ensemble.yaml"
     graph.write_text(DEFAULT_GRAPH.read_text().replace("model_root: model_repo", f"model_root: {tiny_repo}"))
-    return ray_server("ensemble", "ensemble", tmp_path, settings, ["--graph", str(graph)])
+    server = ray_server("ensemble", "ensemble", tmp_path, settings, ["--graph", str(graph)])
+    for name, value in env.items():
+        if value is None:
+            server.env.pop(name)
+        else:
+            server.env[name] = value
+    server.start()
+    try:
+        server.wait_ready(predict_probe(make_bodies()[0]), 300)
+        yield server
+    finally:
+        server.stop()
 
 
 def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo: Path) -> None:
     body = make_bodies()[0]
-    server = ensemble_server(tmp_path, tiny_repo, "throughput+haproxy")
-    server.env["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = "1"  # each access-log line written at once
-    server.env["RAY_metrics_report_interval_ms"] = "1000"  # metrics exported each second, not each ten
-    server.start()
-    try:
-        server.wait_ready(predict_probe(body), 300)
+    env = {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",  # each access-log line written at once
+           "RAY_metrics_report_interval_ms": "1000"}  # metrics exported each second, not each ten
+    with serving_ensemble(tmp_path, tiny_repo, "throughput+haproxy", env) as server:
         status, headers, answer = post(f"{server.url}/v1/predict", body, {"x-request-id": "trace-7"})
         assert status == 200 and len(answer["members"]) == 5 and not answer["degraded"]
         assert headers["x-request-id"] == "trace-7"
@@ -113,23 +125,14 @@ def test_predicts_are_answered_ahead_of_serves_wrapper(tmp_path: Path, tiny_repo
         while not answers_are_exported(metrics_url):
             assert time.monotonic() < deadline, "the predict answers never reached Ray's metrics"
             time.sleep(0.5)
-    finally:
-        server.stop()
 
 
 def test_under_rays_defaults_serves_path_answers_predicts(tmp_path: Path, tiny_repo: Path) -> None:
     """`make serve SERVE_ENV=`: Ray's proxy and Serve's per-request wrapper, no callback (the
     serve session runs under `make serve`'s settings)."""
-    body = make_bodies()[0]
-    server = ensemble_server(tmp_path, tiny_repo, "default")
-    server.env.pop("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH")
-    server.start()
-    try:
-        server.wait_ready(predict_probe(body), 300)
-        status, headers, answer = post(f"{server.url}/v1/predict", body, {"x-request-id": "trace-8"})
+    with serving_ensemble(tmp_path, tiny_repo, "default", {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": None}) as server:
+        status, headers, answer = post(f"{server.url}/v1/predict", make_bodies()[0], {"x-request-id": "trace-8"})
         assert status == 200 and len(answer["members"]) == 5 and not answer["degraded"]
         assert headers["x-request-id"] == "trace-8"
         status, _, error = post(f"{server.url}/v1/predict", b'{"window": [[1, 2]]}')
         assert status == 422 and error["detail"].startswith("window")
-    finally:
-        server.stop()
