@@ -8,7 +8,6 @@ annotations here: FastAPI must see the real `Request` type on the routes Serve r
 import asyncio
 import gc
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -445,9 +444,9 @@ class EnsembleRouter:
             self.metrics.count(exc.status, arrived)
             return exc.status, orjson.dumps({"detail": exc.message})
         result = await self.predictor.predict(parsed.windows, parsed.keys, parsed.request_ids, arrived)
-        unanswered = any(map(math.isnan, result.combined))
+        refusal = result.refusal(parsed.single)
         answers = result.answers(parsed.request_ids)
-        self.metrics.count(503 if unanswered else 200, arrived, result.outcomes, sum(a["degraded"] for a in answers))
+        self.metrics.count(refusal[0] if refusal else 200, arrived, result.outcomes, sum(a["degraded"] for a in answers))
         for outcome in result.outcomes:
             self._calls.add(deployment_name(outcome.model, outcome.version), outcome.rows, outcome.status != "ok",
                             outcome.latency_s)
@@ -455,9 +454,8 @@ class EnsembleRouter:
         self._log_rows.extend(
             (request_id, now, result.member_predictions(b)) for b, request_id in enumerate(parsed.request_ids)
         )
-        if unanswered:
-            failed = sorted({f"{o.model}-{o.version}: {o.status}" for o in result.outcomes if o.status != "ok"})
-            return 503, orjson.dumps({"detail": f"no member answered ({', '.join(failed)})"})
+        if refusal:
+            return refusal[0], orjson.dumps({"detail": refusal[1]})
         return 200, orjson.dumps(answers[0] if parsed.single else {"predictions": answers})
 
     @app.post(

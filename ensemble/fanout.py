@@ -10,7 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -42,6 +42,8 @@ class EnsembleResult:
     weights: list[list[float]]  # [M][B] weights applied (0 for missing members)
     combined: list[float]  # [B], NaN where no member answered
     outcomes: list[CallOutcome]
+    # Instances every member answered with no finite prediction for: the input, not the members.
+    unpredictable: list[int] = field(default_factory=list)
 
     def answers(self, request_ids: Sequence[str]) -> list[dict]:
         """The v1 JSON answer of each instance, in order."""
@@ -68,6 +70,19 @@ class EnsembleResult:
                 }
             )
         return answers
+
+    def refusal(self, single: bool) -> tuple[int, str] | None:
+        """Where an instance has no prediction: 422 if every member answered each such instance
+        with no finite value (its values are far beyond what the models take: the input's fault),
+        else 503 naming the members that failed and how. None where every instance has one."""
+        if not any(map(math.isnan, self.combined)):
+            return None
+        unanswered = {b for b, value in enumerate(self.combined) if math.isnan(value)}
+        if unanswered <= set(self.unpredictable):
+            field = "window" if single else f"instances[{min(unanswered)}].window"
+            return 422, f"{field}: no member gives a finite prediction for it (its values are far beyond what the models take)"
+        failed = sorted({f"{o.model}-{o.version}: {o.status}" for o in self.outcomes if o.status != "ok"})
+        return 503, f"no member answered ({', '.join(failed)})"
 
     def member_predictions(self, b: int) -> dict[str, float]:
         """What each answering member version predicted for instance `b`, by deployment name."""
@@ -223,7 +238,8 @@ class EnsemblePredictor:
             latency = done_at - started if done_at is not None else max(waited - started, call_times[part])
             outcomes.append(CallOutcome(model, version, rows, latency, fanout.status[part]))
         combined, applied = weighted_mean(fanout.predictions, weights)
-        return EnsembleResult(self.models, versions, fanout.predictions, applied, combined, outcomes)
+        unpredictable = [b for b, members in fanout.no_prediction.items() if members == len(self.models)]
+        return EnsembleResult(self.models, versions, fanout.predictions, applied, combined, outcomes, unpredictable)
 
     def _mirror(self, model: str, chosen: list[str], windows: np.ndarray, request_ids: Sequence[str]) -> None:
         """Send each shadow version its share of the instances that did not already reach it; never awaited."""
@@ -274,7 +290,7 @@ class _Fanout:
     """
 
     __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",
-                 "answered", "late", "timer", "deferred")
+                 "answered", "late", "timer", "deferred", "no_prediction")
 
     def __init__(self, parts: list[tuple[int, str, np.ndarray | slice]], predictions: list[list[float]],
                  finished: asyncio.Future[None], lagging: list[bool]) -> None:
@@ -290,6 +306,7 @@ class _Fanout:
         self.late = False
         self.timer: asyncio.TimerHandle | None = None
         self.deferred: list[tuple[CoalescingBatcher, np.ndarray, int]] = []  # lagging members' rows not sent
+        self.no_prediction: dict[int, int] = {}  # instance -> members that answered it with no finite value
 
     def send(self, batchers: list[CoalescingBatcher], blocks: list[np.ndarray]) -> None:
         """Queue each part's rows with its member's batcher; a member not waited for gets them
@@ -314,6 +331,10 @@ class _Fanout:
         finite = values is not None and all(map(math.isfinite, values))
         if not finite and values is not None:  # NaN where the member gave no prediction for a row
             values = [v if math.isfinite(v) else math.nan for v in values]
+            index = self.parts[part][2]
+            for b, value in zip(range(len(values)) if isinstance(index, slice) else index.tolist(), values):
+                if math.isnan(value):
+                    self.no_prediction[b] = self.no_prediction.get(b, 0) + 1
             if all(map(math.isnan, values)):
                 values = None
         if values is None:

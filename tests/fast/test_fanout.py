@@ -338,3 +338,19 @@ def test_traffic_for_versions_the_predictor_does_not_call_leaves_their_members_a
     answer = asyncio.run(ensemble.predict(WINDOWS, ["k0", "k1", "k2"])).answers(["a", "b", "c"])[0]
     assert {m: a["version"] for m, a in answer["members"].items()} == {"xgboost": "v1", "lstm": "v2"}
     assert not answer["degraded"]
+
+
+def test_an_instance_no_member_can_predict_for_is_the_inputs_fault_not_the_members():
+    async def overflows_on_the_second(rows: np.ndarray) -> np.ndarray:
+        return np.array([1.0, np.inf, 2.0][:len(rows)], dtype=np.float32)
+
+    nets = predictor({"a": {"v1": overflows_on_the_second}, "b": {"v1": overflows_on_the_second}})
+    result = asyncio.run(nets.predict(WINDOWS, [None] * 3))
+    assert result.refusal(single=False) == (
+        422, "instances[1].window: no member gives a finite prediction for it (its values are far beyond what "
+             "the models take)")
+    failing = asyncio.run(predictor({"a": {"v1": overflows_on_the_second}, "b": {"v1": broken}})
+                          .predict(WINDOWS, [None] * 3))
+    assert failing.refusal(single=False) == (503, "no member answered (a-v1: error, b-v1: error)")
+    fine = asyncio.run(predictor({"a": {"v1": constant(1.0)}}).predict(WINDOWS, [None] * 3))
+    assert fine.refusal(single=True) is None
