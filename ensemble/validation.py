@@ -7,6 +7,8 @@ field once something is known to be wrong.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from itertools import chain
 from dataclasses import dataclass
@@ -59,8 +61,29 @@ def load_json(body: bytes, max_body_bytes: int) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson rejects NaN and Infinity literals here too, which is what we want.
+        if exc.doc[exc.pos:].startswith(("NaN", "Infinity")) or exc.msg == "number is infinity when parsed as double":
+            # NaN and Infinity are not JSON, nor is a number past a double; refused all the same,
+            # but naming the field, as for any other value that is not a finite number.
+            try:
+                field = _non_finite_field(json.loads(body))
+            except (ValueError, RecursionError):  # not JSON in other ways too
+                field = ""
+            if field:
+                raise RequestError(422, field) from None
         raise RequestError(400, f"body: invalid JSON ({exc})") from None
+
+
+def _non_finite_field(value: Any, field: str = "") -> str:
+    """'<field>: <value> is not a finite number' for the first such number in `value` (errors only)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{field or 'body'}: {value!r} is not a finite number"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite_field(item, f"{field}.{key}" if isinstance(key, str) and field else
+                                  key if isinstance(key, str) else f"{field}[{key}]")
+        if found:
+            return found
+    return ""
 
 
 def _locate_bad_value(window: list, field: str, n_features: int) -> str:

@@ -70,9 +70,19 @@ def test_bad_input_names_the_field(payload, status, field):
     assert field in error.message
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b'{"window": NaN}', b'{"window": [[Infinity]]}', b"\xff\xfe"])
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"window": [1, NaN', b"[" * 5000 + b"NaN" + b"]" * 5000, b"\xff\xfe"])
 def test_invalid_json_is_400(raw):
     assert rejected(raw).status == 400
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"window": NaN}', "window: nan is not a finite number"),
+    (b'{"window": [[1, -Infinity]]}', "window[0][1]: -inf is not a finite number"),
+    (b'{"instances": [{"window": [[1e400]]}]}', "instances[0].window[0][0]: inf is not a finite number"),
+])
+def test_nan_and_infinity_which_json_cannot_hold_are_422_naming_the_field(raw, message):
+    error = rejected(raw)
+    assert (error.status, error.message) == (422, message)
 
 
 def test_body_limit_is_413():
