@@ -78,10 +78,18 @@ def test_bad_input_is_4xx_naming_the_field(client: httpx.Client, payload, status
     assert field in response.json()["detail"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"window": NaN}', b"", b"\x00\xff"])
+@pytest.mark.parametrize("raw", [b"{not json", b'{"window": [1, NaN', b"", b"\x00\xff"])
 def test_malformed_bodies_are_400(client: httpx.Client, raw: bytes):
     response = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 400 and "body" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/feedback"])
+def test_nan_which_json_cannot_hold_is_422_naming_the_field(client: httpx.Client, path: str):
+    raw = b'{"window": NaN}' if path == "/v1/predict" else b'{"request_id": "r", "actual": NaN}'
+    response = client.post(path, content=raw, headers={"content-type": "application/json"})
+    field = "window" if path == "/v1/predict" else "actual"
+    assert (response.status_code, response.json()) == (422, {"detail": f"{field}: nan is not a finite number"})
 
 
 @pytest.mark.parametrize("path", ["/v1/predict", "/v1/feedback"])
