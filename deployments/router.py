@@ -446,8 +446,9 @@ class EnsembleRouter:
         result = await self.predictor.predict(parsed.windows, parsed.keys, parsed.request_ids, arrived)
         refusal = result.refusal(parsed.single)
         answers = result.answers(parsed.request_ids)
-        self.metrics.count(refusal[0] if refusal else 200, arrived, result.outcomes, sum(a["degraded"] for a in answers))
-        for outcome in result.outcomes:
+        outcomes = result.counted_outcomes(refusal)
+        self.metrics.count(refusal[0] if refusal else 200, arrived, outcomes, sum(a["degraded"] for a in answers))
+        for outcome in outcomes:
             self._calls.add(deployment_name(outcome.model, outcome.version), outcome.rows, outcome.status != "ok",
                             outcome.latency_s)
         now = time.time()

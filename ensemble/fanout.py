@@ -84,6 +84,14 @@ class EnsembleResult:
         failed = sorted({f"{o.model}-{o.version}: {o.status}" for o in self.outcomes if o.status != "ok"})
         return 503, f"no member answered ({', '.join(failed)})"
 
+    def counted_outcomes(self, refusal: tuple[int, str] | None) -> list[CallOutcome]:
+        """The member calls as metrics and a canary's gates count them: where the input is
+        refused (422), every member answered each call (NaN for the input's windows), so none
+        failed, and a client cannot push a canary's error rate with windows no model takes."""
+        if refusal is None or refusal[0] != 422:
+            return self.outcomes
+        return [outcome._replace(status="ok") for outcome in self.outcomes]
+
     def member_predictions(self, b: int) -> dict[str, float]:
         """What each answering member version predicted for instance `b`, by deployment name."""
         return {

@@ -349,8 +349,11 @@ def test_an_instance_no_member_can_predict_for_is_the_inputs_fault_not_the_membe
     assert result.refusal(single=False) == (
         422, "instances[1].window: no member gives a finite prediction for it (its values are far beyond what "
              "the models take)")
+    assert {o.status for o in result.counted_outcomes(result.refusal(single=False))} == {"ok"}  # no canary error
     failing = asyncio.run(predictor({"a": {"v1": overflows_on_the_second}, "b": {"v1": broken}})
                           .predict(WINDOWS, [None] * 3))
-    assert failing.refusal(single=False) == (503, "no member answered (a-v1: error, b-v1: error)")
+    refusal = failing.refusal(single=False)
+    assert refusal == (503, "no member answered (a-v1: error, b-v1: error)")
+    assert failing.counted_outcomes(refusal) == failing.outcomes
     fine = asyncio.run(predictor({"a": {"v1": constant(1.0)}}).predict(WINDOWS, [None] * 3))
     assert fine.refusal(single=True) is None
