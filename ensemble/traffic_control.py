@@ -230,4 +230,3 @@ def _restored(kept: Mapping[str, Any], spec: Declared) -> Rollout | None:
     except ValueError:  # saved under older rules (steps: [100] could never pass its MSE gate)
         return None
     return rollout if {rollout.stable, rollout.canary} <= set(spec.versions) else None
-

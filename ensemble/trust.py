@@ -127,13 +127,15 @@ class TrustBook:
         count = 0
         recent_decay = _decay(self.spec.error_window)
         drift_decay = _decay(self.spec.drift.window)
+        for member in self.priors:  # a deployed newcomer starts at the mean before these labels
+            self._stats_of(member)
         for predictions, actual in joined:
             bound = self.scale.bound  # before this label moves it
             self.scale.add(actual)
             variance = self.scale.variance
             total_loss = 0.0
-            for member in (*predictions, *self.priors):
-                self._stats_of(member)  # before this label's losses: a newcomer starts at the mean before it
+            for member in predictions.keys() - self.stats.keys():  # a shadow or retired version, seen first
+                self._stats_of(member)
             for member, predicted in predictions.items():
                 stats = self.stats[member]
                 residual = min(max(actual - predicted, -bound), bound)
