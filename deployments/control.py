@@ -17,7 +17,7 @@ from ray.util import metrics
 from ensemble.config import GraphArgs, deployment_name
 from ensemble.ledger import Ledger, PredictionRow
 from ensemble.rollout import RolloutPlan
-from ensemble.store import StateStore
+from ensemble.store import StateStore, StateStoreError
 from ensemble.traffic import ChangeRejected
 from ensemble.traffic_control import Action, Declared, TrafficChange, TrafficController
 from ensemble.trust import TrustBook
@@ -81,6 +81,11 @@ def _baselines(args: GraphArgs) -> dict[str, float]:
     return baselines
 
 
+def _unavailable(exc: StateStoreError) -> dict[str, Any]:
+    logger.warning("state store failed", exc_info=exc)
+    return {"status": 503, "detail": f"{exc}; nothing was applied, send it again"}
+
+
 # Access logs off: routers long-poll `snapshot` every few seconds, which would flood them.
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.1},
                   logging_config={"enable_access_log": False})
@@ -99,8 +104,7 @@ class ControlPlane:
             model: Declared(tuple(spec.versions), spec.split(), dict(spec.shadow), spec.rollout)
             for model, spec in self.args.members.items()
         })
-        self.ledger = Ledger(store, trust, self.args.ledger, observers=[self.traffic.observe_labels],
-                             observed_documents=self.traffic.documents)
+        self.ledger = Ledger(store, trust, self.args.ledger, observer=self.traffic)
         self.epoch = 0  # bumps whenever what routers serve with changes
         self._changed = asyncio.Event()
         self.metrics = TrustMetrics()
@@ -125,17 +129,28 @@ class ControlPlane:
                 logger.exception("control-plane housekeeping failed")
 
     async def record(self, rows: list[PredictionRow], shadow_rows: list[PredictionRow] = (),
-                     calls: dict[str, dict[str, Any]] | None = None) -> None:
-        """Predictions, mirrored outputs and call statistics (deployment name -> counts) from a router."""
+                     calls: dict[str, dict[str, Any]] | None = None) -> bool:
+        """Predictions, mirrored outputs and call statistics (deployment name -> counts) from a
+        router. False where the store failed: the router sends the rows again (not the statistics)."""
         self.traffic.observe_calls(calls or {})
-        if self.ledger.record(rows, shadow_rows).applied:
-            self._bump()
-
-    async def feedback(self, items: list[tuple[str, float]]) -> dict[str, int]:
-        report = self.ledger.feedback(items)
+        try:
+            report = self.ledger.record(rows, shadow_rows)
+        except StateStoreError:
+            logger.warning("the prediction log could not store %d predictions", len(rows), exc_info=True)
+            return False
         if report.applied:
             self._bump()
-        return vars(report)
+        return True
+
+    async def feedback(self, items: list[tuple[str, float]]) -> dict[str, Any]:
+        """The feedback report, or the HTTP status and message of a store that failed (nothing applied)."""
+        try:
+            report = self.ledger.feedback(items)
+        except StateStoreError as exc:
+            return _unavailable(exc)
+        if report.applied:
+            self._bump()
+        return {"status": 200, "report": vars(report)}
 
     def _weights(self) -> dict[str, float]:
         return self.ledger.trust.weights(self.members)
@@ -181,6 +196,8 @@ class ControlPlane:
             apply()
         except ChangeRejected as exc:
             return {"status": 409 if exc.conflict else 422, "detail": str(exc)}
+        except StateStoreError as exc:
+            return _unavailable(exc)
         self._bump()
         return {"status": 200, "traffic": self.traffic.snapshot()}
 

@@ -58,7 +58,7 @@ FINAL_FLUSH_S = 10.0
 MEMBER_POLL_S = 0.5  # how often a starting router asks Serve whether its member applications run
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 413, 422, 503)}
-ADMIN_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 409, 422)}
+ADMIN_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 409, 422, 503)}
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -374,14 +374,17 @@ class EnsembleRouter:
         if not rows and not shadow_rows and not calls:
             return
         try:
-            await self.control.record.remote(rows, shadow_rows, calls)
+            stored = await self.control.record.remote(rows, shadow_rows, calls)
         except RayTaskError:
             # The control plane received them and failed on them: sending them again would fail
             # the same way and hold up every later row behind them.
             logger.exception("the prediction log refused %d predictions; dropped", len(rows))
             self.dropped_log_rows.inc(len(rows))
+            return
         except Exception:  # noqa: BLE001 - put them back and try again; never fail a request for it
             logger.warning("could not ship %d predictions to the log", len(rows), exc_info=True)
+            stored = False
+        if not stored:  # unreachable, or its store failed: the next shipment takes them again
             self._log_rows = rows + self._log_rows
             self._shadow_rows = shadow_rows + self._shadow_rows
             overflow = len(self._log_rows) - LOG_BUFFER_ROWS
@@ -468,7 +471,10 @@ class EnsembleRouter:
     async def feedback(self, request: Request) -> Response:
         items = parse_feedback(await self._body(request), self.limits.max_body_bytes, self.args.ledger.max_feedback_items)
         await self._flush_log()  # our own recent predictions must be joinable at once
-        return json_response(await self.control.feedback.remote(items))
+        result = await self.control.feedback.remote(items)
+        if result["status"] != 200:
+            return json_response({"detail": result["detail"]}, result["status"])
+        return json_response(result["report"])
 
     @app.get("/v1/trust", summary="Weights, per-member error statistics and drift flags")
     async def trust(self) -> Response:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
 
 from pydantic import Field
 
@@ -48,17 +49,25 @@ class FeedbackReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+class LabelObserver(Protocol):
+    """Learns from joined labels besides trust (the rollouts' gates), with its state as documents."""
+
+    def observe_labels(self, joined: list[Joined]) -> None: ...
+
+    def documents(self) -> dict[str, Any]: ...
+
+    def restore(self, documents: Mapping[str, Any]) -> None: ...
+
+
 class Ledger:
     def __init__(self, store: StateStore, trust: TrustBook, spec: LedgerSpec,
-                 clock: Callable[[], float] = time.time,
-                 observers: Sequence[Callable[[list[Joined]], None]] = (),
-                 observed_documents: Callable[[], Mapping[str, Any]] = dict) -> None:
-        """`observers` see every batch of joined labels after trust has learned from it;
-        `observed_documents` is the state they keep, saved in the same transaction as the labels,
-        which count as applied once saved: on a restart neither trust nor an observer has lost
-        what a label taught it, nor learns from it twice."""
-        self.store, self.trust, self.spec, self.clock = store, trust, spec, clock
-        self.observers, self.observed_documents = list(observers), observed_documents
+                 clock: Callable[[], float] = time.time, observer: LabelObserver | None = None) -> None:
+        """`observer` sees every batch of joined labels after trust has learned from it; its
+        documents are saved in the same transaction as the labels, which count as applied once
+        saved: on a restart neither trust nor the observer has lost what a label taught it, nor
+        learns from it twice. Where that transaction fails, memory goes back to what was saved,
+        so the caller may send the same labels again."""
+        self.store, self.trust, self.spec, self.clock, self.observer = store, trust, spec, clock, observer
         documents = store.get_documents()
         if TRUST_DOCUMENT in documents:
             trust.restore(documents[TRUST_DOCUMENT])
@@ -93,13 +102,14 @@ class Ledger:
             return FeedbackReport()
         report = FeedbackReport()
         joined, changes = [], {}
-        for rid, members in waiting.items():
-            actual, _ = self._pending.pop(rid)
-            joined.append((members, actual))
-            changes[rid] = "applied"
-        report.applied = self._learn(joined)
-        report.pending = -len(waiting)
-        self._save(report, [], changes, learned=True)
+        with self._all_or_nothing():
+            for rid, members in waiting.items():
+                actual, _ = self._pending.pop(rid)
+                joined.append((members, actual))
+                changes[rid] = "applied"
+            report.applied = self._learn(joined)
+            report.pending = -len(waiting)
+            self._save(report, [], changes, learned=True)
         return report
 
     def feedback(self, items: Sequence[tuple[str, float]]) -> FeedbackReport:
@@ -116,30 +126,46 @@ class Ledger:
         seen = self.store.known_labels(fresh)
         report.duplicate += len(seen)
         joined, rows = [], []
-        for rid, actual in fresh.items():
-            if rid in seen:
-                continue
-            logged = self._log.get(rid)
-            if logged is not None:
-                joined.append((logged[1], actual))
-                status = "applied"
-            elif self.spec.join_grace_s > 0:
-                self._pending[rid] = (actual, now)
-                status = "pending"
-            else:
-                status = "unknown"
-            setattr(report, status, getattr(report, status) + 1)
-            rows.append((rid, actual, now, status))
-        self._learn(joined)
-        # Others' labels whose grace ran out count in the totals, not in this caller's report.
-        changes = self._expire_pending(now)
-        self._save(report, rows, changes, learned=bool(joined), expired=len(changes))
+        with self._all_or_nothing():
+            for rid, actual in fresh.items():
+                if rid in seen:
+                    continue
+                logged = self._log.get(rid)
+                if logged is not None:
+                    joined.append((logged[1], actual))
+                    status = "applied"
+                elif self.spec.join_grace_s > 0:
+                    self._pending[rid] = (actual, now)
+                    status = "pending"
+                else:
+                    status = "unknown"
+                setattr(report, status, getattr(report, status) + 1)
+                rows.append((rid, actual, now, status))
+            self._learn(joined)
+            # Others' labels whose grace ran out count in the totals, not in this caller's report.
+            changes = self._expire_pending(now)
+            self._save(report, rows, changes, learned=bool(joined), expired=len(changes))
         return report
+
+    @contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Trust, the observer, the totals and the waiting labels as they were, should the
+        block fail (the store's transaction among others): memory never runs ahead of the store."""
+        trust, totals, pending = self.trust.state(), replace(self.totals), dict(self._pending)
+        observed = self.observer.documents() if self.observer is not None else None
+        try:
+            yield
+        except BaseException:
+            self.trust.restore(trust)
+            self.totals, self._pending = totals, pending
+            if self.observer is not None:
+                self.observer.restore(observed)
+            raise
 
     def _learn(self, joined: list[Joined]) -> int:
         applied = self.trust.update(joined)
-        for observe in self.observers:
-            observe(joined)
+        if self.observer is not None:
+            self.observer.observe_labels(joined)
         return applied
 
     def _save(self, report: FeedbackReport, rows: list[tuple[str, float, float, str]], changes: dict[str, str],
@@ -150,15 +176,18 @@ class Ledger:
         self.totals.add(FeedbackReport(pending=-expired, unknown=expired))
         documents = {TOTALS_DOCUMENT: asdict(self.totals)}
         if learned:
-            documents.update(self.observed_documents(), **{TRUST_DOCUMENT: self.trust.state()})
+            documents[TRUST_DOCUMENT] = self.trust.state()
+            if self.observer is not None:
+                documents.update(self.observer.documents())
         self.store.save_labels(rows, changes, documents)
 
     def expire(self) -> None:
         """Count labels whose prediction never came as unknown; prune the durable log and labels."""
         now = self.clock()
-        changes = self._expire_pending(now)
-        if changes:
-            self._save(FeedbackReport(), [], changes, learned=False, expired=len(changes))
+        with self._all_or_nothing():
+            changes = self._expire_pending(now)
+            if changes:
+                self._save(FeedbackReport(), [], changes, learned=False, expired=len(changes))
         # A label may come before its prediction (within the grace) and a router's clock may run
         # ahead of this one: a label goes only once no prediction it could join is left.
         labels_before = now - self.spec.max_age_s - self.spec.join_grace_s - CLOCK_SKEW_S

@@ -6,10 +6,11 @@ state, settings such as traffic splits and rollouts, and the rollout history.
 """
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -30,6 +31,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 metadata = MetaData()
 
@@ -81,6 +83,27 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+class StateStoreError(RuntimeError):
+    """The store failed (locked, unreachable, full): what the call wrote is rolled back, so the
+    caller may send it again."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """The database's own errors, whatever the dialect, as a `StateStoreError`."""
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StateStoreError(f"the state store failed: {cause}") from exc
+    return wrapper
+
+
 class StateStore:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
@@ -95,6 +118,7 @@ class StateStore:
             index.create(self.engine, checkfirst=True)
 
     # -- prediction log ---------------------------------------------------------------
+    @_store_errors
     def log_predictions(self, rows: Sequence[tuple[str, float, dict[str, float]]]) -> None:
         if not rows:
             return
@@ -106,6 +130,7 @@ class StateStore:
             conn.execute(insert(predictions),
                          [{"request_id": rid, "created_at": t, "members": m} for rid, (t, m) in latest.items()])
 
+    @_store_errors
     def recent_predictions(self, since: float, limit: int) -> list[tuple[str, float, dict[str, float]]]:
         query = (
             select(predictions.c.request_id, predictions.c.created_at, predictions.c.members)
@@ -117,6 +142,7 @@ class StateStore:
             rows = conn.execute(query).all()
         return [(r.request_id, r.created_at, r.members) for r in reversed(rows)]
 
+    @_store_errors
     def prune(self, predictions_before: float, labels_before: float, keep: int) -> None:
         """Drop predictions created before `predictions_before` and labels received before
         `labels_before`, then all but the newest `keep` predictions and `keep` unknown labels
@@ -133,6 +159,7 @@ class StateStore:
                     conn.execute(delete(table).where(which, at <= cutoff))
 
     # -- labels and learned state -------------------------------------------------------
+    @_store_errors
     def known_labels(self, request_ids: Iterable[str]) -> set[str]:
         ids = list(request_ids)
         known: set[str] = set()
@@ -142,6 +169,7 @@ class StateStore:
                 known.update(conn.execute(select(labels.c.request_id).where(labels.c.request_id.in_(chunk))).scalars())
         return known
 
+    @_store_errors
     def save_labels(
         self,
         new: Sequence[tuple[str, float, float, str]],
@@ -161,11 +189,13 @@ class StateStore:
                 conn.execute(labels.update().where(labels.c.request_id.in_(ids)).values(status=status))
             self._put_documents(conn, documents_to_save, now)
 
+    @_store_errors
     def pending_labels(self) -> list[tuple[str, float, float]]:
         query = select(labels.c.request_id, labels.c.actual, labels.c.received_at).where(labels.c.status == "pending")
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(query).all()]
 
+    @_store_errors
     def label_counts(self) -> dict[str, int]:
         query = select(labels.c.status, func.count()).group_by(labels.c.status)
         with self.engine.connect() as conn:
@@ -177,6 +207,7 @@ class StateStore:
             conn.execute(delete(documents).where(documents.c.name.in_(list(values))))
             conn.execute(insert(documents), [{"name": n, "value": v, "updated_at": now} for n, v in values.items()])
 
+    @_store_errors
     def put_documents(self, values: dict[str, Any], new_events: Sequence[tuple[str, str, dict]] = ()) -> None:
         """Save documents and append events (kind, subject, detail) in one transaction."""
         now = time.time()
@@ -185,10 +216,12 @@ class StateStore:
             if new_events:
                 conn.execute(insert(events), [{"at": now, "kind": k, "subject": s, "detail": d} for k, s, d in new_events])
 
+    @_store_errors
     def get_documents(self) -> dict[str, Any]:
         with self.engine.connect() as conn:
             return {r.name: r.value for r in conn.execute(select(documents.c.name, documents.c.value)).all()}
 
+    @_store_errors
     def events(self, subject: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         query = select(events).order_by(events.c.id.desc()).limit(limit)
         if subject is not None:

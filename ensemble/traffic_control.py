@@ -12,7 +12,8 @@ config that declares something else means the operator changed their mind: the c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -103,8 +104,9 @@ class TrafficController:
             check_shadow(change.shadow, spec.versions)
         split = dict(change.split) if change.split is not None else self.splits[member]
         shadow = {v: s for v, s in change.shadow.items() if s > 0} if change.shadow is not None else self.shadows[member]
-        self.splits[member], self.shadows[member] = split, shadow
-        self._save([("traffic", member, {"reason": "set through the admin API", "split": split, "shadow": shadow})])
+        with self._all_or_nothing():
+            self.splits[member], self.shadows[member] = split, shadow
+            self._save([("traffic", member, {"reason": "set through the admin API", "split": split, "shadow": shadow})])
 
     def start_rollout(self, member: str, plan: RolloutPlan, stable: str | None = None) -> None:
         self._member(member)
@@ -112,18 +114,20 @@ class TrafficController:
         if current is not None and current.active:
             raise ChangeRejected(f"a rollout of {member} to {current.canary} is already {current.status}",
                                  conflict=True)
-        self._save([self._start(member, plan, stable, "started through the admin API")])
+        with self._all_or_nothing():
+            self._save([self._start(member, plan, stable, "started through the admin API")])
 
     def act(self, member: str, action: Action) -> None:
         self._member(member)
         rollout = self.rollouts.get(member)
         if rollout is None:
             raise ChangeRejected(f"{member} has no rollout", conflict=True)
-        try:
-            transition = getattr(rollout, action)(self.clock())
-        except ValueError as exc:
-            raise ChangeRejected(str(exc), conflict=True) from None
-        self._save([self._apply(rollout, transition)])
+        with self._all_or_nothing():
+            try:
+                transition = getattr(rollout, action)(self.clock())
+            except ValueError as exc:
+                raise ChangeRejected(str(exc), conflict=True) from None
+            self._save([self._apply(rollout, transition)])
 
     # -- evidence and time -----------------------------------------------------------------
     def observe_calls(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
@@ -144,10 +148,11 @@ class TrafficController:
     def tick(self) -> bool:
         """Judge every progressing rollout; saves and returns True when traffic changed."""
         now = self.clock()
-        events = [self._apply(r, t) for r in self.rollouts.values() if (t := r.evaluate(now)) is not None]
-        # Progress (counts, waiting reasons) is saved too, so a restart resumes a step mid-way.
-        if events or any(r.status == "progressing" for r in self.rollouts.values()):
-            self._save(events)
+        with self._all_or_nothing():
+            events = [self._apply(r, t) for r in self.rollouts.values() if (t := r.evaluate(now)) is not None]
+            # Progress (counts, waiting reasons) is saved too, so a restart resumes a step mid-way.
+            if events or any(r.status == "progressing" for r in self.rollouts.values()):
+                self._save(events)
         return bool(events)
 
     def drain_events(self) -> list[tuple[str, str, dict]]:
@@ -210,6 +215,24 @@ class TrafficController:
                         "declared": self.declared[m].rollout.model_dump() if self.declared[m].rollout else None}
                     for m, r in self.rollouts.items()}
         return {TRAFFIC_DOCUMENT: traffic, ROLLOUTS_DOCUMENT: rollouts}
+
+    def restore(self, documents: Mapping[str, Any]) -> None:
+        """Go back to the state `documents()` gave."""
+        traffic = documents[TRAFFIC_DOCUMENT]
+        self.splits = {m: t["split"] for m, t in traffic.items()}
+        self.shadows = {m: t["shadow"] for m, t in traffic.items()}
+        self.rollouts = {m: Rollout.from_state(kept["rollout"]) for m, kept in documents[ROLLOUTS_DOCUMENT].items()}
+
+    @contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """The state as it was, should the block fail (the store's transaction among others): a
+        change the store did not keep is not served either."""
+        saved = self.documents()
+        try:
+            yield
+        except BaseException:
+            self.restore(saved)
+            raise
 
     def _save(self, events: list[tuple[str, str, dict]]) -> None:
         self.store.put_documents(self.documents(), events)

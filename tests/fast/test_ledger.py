@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from ensemble.ledger import CLOCK_SKEW_S, Ledger, LedgerSpec
-from ensemble.store import StateStore
+from ensemble.store import StateStore, StateStoreError
 from ensemble.trust import TrustBook, TrustSpec
+from tests.store_lock import write_locked
 
 PRIORS = {"a-v1": 1.0, "b-v1": 1.0}
 
@@ -149,3 +150,42 @@ def test_a_request_id_repeated_within_one_batch_keeps_the_latest(tmp_path: Path)
     assert again.feedback([("dup", 1.0)]).applied == 1
     assert again.trust.stats["a-v1"].labels == 1 and again.trust.stats["b-v1"].labels == 1
     assert again.trust.stats["a-v1"].recent() == 0.0  # the latest prediction (1.0) was joined, not 5.0
+
+
+def test_labels_the_store_failed_to_keep_are_learned_once_when_sent_again(tmp_path: Path):
+    """Memory never runs ahead of the store: a retried feedback counts once, in memory and on disk."""
+    clock = Clock()
+    # A short busy timeout: the write waits that long for the lock, then fails.
+    book = Ledger(StateStore(f"sqlite:///{tmp_path / 's.db'}?timeout=0.05"), TrustBook(TrustSpec(), dict(PRIORS)),
+                  LedgerSpec(join_grace_s=5), clock)
+    rows = [(f"r{i}", clock.now, {"a-v1": 0.0, "b-v1": 1.0}) for i in range(20)]
+    book.record(rows)
+    labels = [(f"r{i}", 1.0) for i in range(20)] + [("early", 1.0)]
+    learned, totals = book.trust.state(), vars(book.totals).copy()
+    with write_locked(tmp_path / "s.db"), pytest.raises(StateStoreError, match="database is locked"):
+        book.feedback(labels)
+    assert book.trust.state() == learned and vars(book.totals) == totals
+    assert vars(book.feedback(labels)) == {"received": 21, "applied": 20, "duplicate": 0, "pending": 1, "unknown": 0}
+    clean = ledger(tmp_path / "clean.db", clock, join_grace_s=5)
+    clean.record(rows)
+    clean.feedback(labels)
+    assert book.trust.state() == clean.trust.state()
+    assert ledger(tmp_path / "s.db", clock).trust.state() == clean.trust.state()
+
+
+def test_a_waiting_label_the_store_failed_to_keep_joins_when_its_prediction_comes_again(tmp_path: Path):
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, join_grace_s=5)
+    book.feedback([("late", 1.0)])
+    learned, keep = book.trust.state(), book.store.save_labels
+
+    def fail(*_: object) -> None:
+        raise StateStoreError("the state store failed: disk I/O error")
+
+    book.store.save_labels = fail  # the predictions are stored, the join is not
+    with pytest.raises(StateStoreError):
+        book.record([("late", clock.now, {"a-v1": 0.0})])
+    assert book.trust.state() == learned and book.totals.pending == 1
+    book.store.save_labels = keep
+    assert book.record([("late", clock.now, {"a-v1": 0.0})]).applied == 1  # the router sends the rows again
+    assert book.trust.stats["a-v1"].labels == 1 and book.totals.applied == 1

@@ -9,10 +9,11 @@ import pytest
 from ensemble.admin import admin_token, authorise
 from ensemble.ledger import Ledger, LedgerSpec
 from ensemble.rollout import CallStats, Rollout, RolloutPlan, VersionWindow, latency_bucket
-from ensemble.store import StateStore
+from ensemble.store import StateStore, StateStoreError
 from ensemble.traffic import ChangeRejected
 from ensemble.traffic_control import Declared, TrafficChange, TrafficController
 from ensemble.trust import TrustBook, TrustSpec
+from tests.store_lock import write_locked
 
 PLAN = RolloutPlan(canary="v2", steps=[10, 50, 100], interval_s=10, min_requests=20, min_labels=20,
                    error_tolerance=0.1, max_error_rate=0.05, max_p99_latency_s=0.2)
@@ -221,8 +222,7 @@ def test_labels_a_rollout_learned_from_survive_a_restart_before_its_tick(tmp_pat
     def plane() -> tuple[TrafficController, Ledger]:
         control = controller(tmp_path / "s.db", clock)
         trust = TrustBook(TrustSpec(), {"patchtst-v1": 1.0, "patchtst-v2": 1.0, "lstm-v1": 1.0})
-        ledger = Ledger(StateStore(f"sqlite:///{tmp_path / 's.db'}"), trust, LedgerSpec(), clock,
-                        observers=[control.observe_labels], observed_documents=control.documents)
+        ledger = Ledger(StateStore(f"sqlite:///{tmp_path / 's.db'}"), trust, LedgerSpec(), clock, observer=control)
         return control, ledger
 
     control, ledger = plane()
@@ -232,6 +232,28 @@ def test_labels_a_rollout_learned_from_survive_a_restart_before_its_tick(tmp_pat
     control, ledger = plane()  # stopped before the control plane's next tick
     assert control.rollouts["patchtst"].canary_window.labels == 30
     assert ledger.feedback([("r0", 0.1)]).duplicate == 1
+
+
+def test_a_change_the_store_failed_to_keep_is_not_served(tmp_path: Path):
+    """Admin changes and the tick's transitions hold in memory only once the store has them."""
+    clock = Clock()
+    control = TrafficController(StateStore(f"sqlite:///{tmp_path / 's.db'}?timeout=0.05"), DECLARED, clock)
+    with write_locked(tmp_path / "s.db"):
+        with pytest.raises(StateStoreError):
+            control.set_traffic("patchtst", TrafficChange(split={"v1": 0.5, "v2": 0.5}))
+        with pytest.raises(StateStoreError):
+            control.start_rollout("patchtst", PLAN)
+    assert control.snapshot()["patchtst"]["split"] == {"v1": 1.0} and control.rollouts == {}
+    control.start_rollout("patchtst", PLAN)
+    feed(control, canary_error=0.01)
+    clock.now += PLAN.interval_s
+    before = control.documents()
+    with write_locked(tmp_path / "s.db"), pytest.raises(StateStoreError):
+        control.tick()  # would advance to 50%
+    assert control.documents() == before
+    assert control.tick() and control.snapshot()["patchtst"]["split"] == {"v1": 0.5, "v2": 0.5}
+    assert [e["detail"]["split"] for e in control.store.events("patchtst")] == [
+        {"v1": 0.9, "v2": 0.1}, {"v1": 0.5, "v2": 0.5}]
 
 
 def test_version_window_and_call_stats():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -9,7 +10,8 @@ from ray import serve
 
 from graphs.ensemble import build_app
 from models.data import sample_windows
-from tests.serve.conftest import DEPLOYED, graph_args, wait_until
+from tests.serve.conftest import ADMIN, DEPLOYED, graph_args, wait_until
+from tests.store_lock import write_locked
 
 WINDOWS = sample_windows(200, seed=21)
 
@@ -91,3 +93,30 @@ def test_reused_request_ids_never_block_the_prediction_log(client: httpx.Client)
     labels = [{"request_id": "reused", "actual": 0.0}, {"request_id": "after-reuse", "actual": answer["prediction"]}]
     client.post("/v1/feedback", json={"items": labels})
     wait_until(lambda: client.get("/v1/trust").json()["feedback"]["applied"] == before + 2, 10, "both labels applied")
+
+
+def test_a_store_that_fails_answers_503_and_the_same_feedback_later_applies_once(client: httpx.Client,
+                                                                                 serve_session):
+    """Another process holds the state store's write lock: feedback and admin changes are refused
+    with a 503, nothing of them is learned or served, and the same calls succeed once it lets go."""
+    ids = [f"locked{i}" for i in range(8)]
+    answers = client.post("/synthetic/v1/predict", json={
+        "instances": [{"window": w.tolist(), "request_id": rid} for w, rid in zip(WINDOWS, ids)]}).json()
+    labels = {"items": [{"request_id": a["request_id"], "actual": a["prediction"] + 0.1}
+                        for a in answers["predictions"]]}
+
+    def learned() -> int:
+        return sum(m["labels"] for m in client.get("/synthetic/v1/trust").json()["members"].values())
+
+    before, traffic = learned(), client.get("/synthetic/v1/admin/traffic", headers=ADMIN).json()
+    with write_locked(Path(serve_session.synthetic_state_url.removeprefix("sqlite:///"))):
+        refused = client.post("/synthetic/v1/feedback", json=labels, timeout=60)
+        assert refused.status_code == 503 and "send it again" in refused.json()["detail"], refused.text
+        change = client.put("/synthetic/v1/admin/traffic/sig", json={"split": {"v1": 0.5, "v2": 0.5}},
+                            headers=ADMIN, timeout=60)
+        assert change.status_code == 503, change.text
+    assert learned() == before
+    assert client.get("/synthetic/v1/admin/traffic", headers=ADMIN).json() == traffic
+    assert client.post("/synthetic/v1/feedback", json=labels).json()["applied"] == len(ids)
+    assert learned() == before + len(ids)
+    assert client.post("/synthetic/v1/feedback", json=labels).json()["duplicate"] == len(ids)
