@@ -38,9 +38,10 @@ SETTINGS: dict[str, dict[str, str]] = {
 # The rest of `make serve`'s settings (Makefile SERVE_ENV), under every ingress setting: Serve's
 # controller reconciling every 0.5 s instead of 0.1 s, no per-request metrics line from HAProxy to
 # Serve's HAProxy manager (BENCHMARKS.md, "What changed"), stopping ingress replicas draining
-# for 2 s instead of 30, and predict requests not watched for a disconnect (deployments/http_callback.py).
+# for 2 s instead of 30, predict requests not watched for a disconnect (deployments/http_callback.py),
+# and a client that stops sending mid-request dropped by HAProxy after 60 s of silence, not 3600.
 TUNING_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
               "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.http_callback:middlewares"}
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 

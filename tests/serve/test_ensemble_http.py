@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -31,6 +33,14 @@ def test_health_ready_and_docs(client: httpx.Client):
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"window", "key", "request_id", "instances"} <= set(body["properties"])
     assert client.get("/docs").status_code == 200
+
+
+def test_haproxy_drops_a_client_silent_for_a_minute(client: httpx.Client):
+    """Ray's HAProxy waits 3600 s for a client that stopped mid-request; make serve's settings
+    (which the session runs under) bound that silence to 60 s."""
+    assert client.get("/healthz").status_code == 200  # served through HAProxy
+    haproxy = Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).read_text().splitlines()
+    assert "timeout client 60s" in {line.strip() for line in haproxy}
 
 
 def test_predict_uses_all_five_members(client: httpx.Client):
