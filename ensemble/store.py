@@ -143,14 +143,17 @@ class StateStore:
         return [(r.request_id, r.created_at, r.members) for r in reversed(rows)]
 
     @_store_errors
-    def prune(self, predictions_before: float, labels_before: float, keep: int) -> None:
+    def prune(self, predictions_before: float, labels_before: float, keep: int | None) -> None:
         """Drop predictions created before `predictions_before` and labels received before
-        `labels_before`, then all but the newest `keep` predictions and `keep` unknown labels
-        (those joined nothing, so none is learned twice); the totals keep what was counted."""
+        `labels_before`, then, unless `keep` is None, all but the newest `keep` predictions and
+        `keep` unknown labels (those joined nothing, so none is learned twice); the totals keep
+        what was counted. The ages use their indexes; the counts cost a scan of each table."""
         unknown = labels.c.status == "unknown"
         with self.engine.begin() as conn:
             conn.execute(delete(predictions).where(predictions.c.created_at < predictions_before))
             conn.execute(delete(labels).where(labels.c.received_at < labels_before))
+            if keep is None:
+                return
             for table, at, which in ((predictions, predictions.c.created_at, true()),
                                      (labels, labels.c.received_at, unknown)):
                 count = conn.execute(select(func.count()).select_from(table).where(which)).scalar_one()

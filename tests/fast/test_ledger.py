@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.ledger import CLOCK_SKEW_S, Ledger, LedgerSpec
+from ensemble.ledger import CLOCK_SKEW_S, COUNT_CAP_EVERY_S, Ledger, LedgerSpec
 from ensemble.store import StateStore, StateStoreError
 from ensemble.trust import TrustBook, TrustSpec
 from tests.store_lock import write_locked
@@ -93,6 +93,29 @@ def test_labels_are_bounded_by_age_and_the_unknown_ones_by_count(tmp_path: Path)
     clock.now += 61 + CLOCK_SKEW_S  # past any prediction it could join, however early it came
     book.expire()
     assert book.store.label_counts() == {} and book.totals.unknown == 150
+
+
+def test_the_count_caps_are_applied_at_once_then_once_a_minute(tmp_path: Path):
+    """Counting scans both tables, so the caps wait a minute between runs; the ages do not."""
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, max_predictions=100, max_age_s=600, join_grace_s=0)
+
+    def stored() -> int:
+        return len(book.store.recent_predictions(0.0, 10**6))
+
+    book.record([(f"a{i}", clock.now + i / 1000, {"a-v1": 0.0}) for i in range(150)])
+    book.expire()
+    assert stored() == 100
+    book.record([(f"b{i}", clock.now + 1 + i / 1000, {"a-v1": 0.0}) for i in range(50)])
+    clock.now += COUNT_CAP_EVERY_S / 2
+    book.expire()
+    assert stored() == 150
+    clock.now += COUNT_CAP_EVERY_S / 2
+    book.expire()
+    assert stored() == 100
+    clock.now += 601  # past max_age_s: gone at the next tick, whatever the count
+    book.expire()
+    assert stored() == 0
 
 
 def test_a_label_that_came_before_its_prediction_is_kept_while_that_can_join(tmp_path: Path):
