@@ -195,10 +195,10 @@ class Ledger:
         # A label may come before its prediction (within the grace) and a router's clock may run
         # ahead of this one: a label goes only once no prediction it could join is left.
         labels_before = now - self.spec.max_age_s - self.spec.join_grace_s - CLOCK_SKEW_S
-        keep = None
-        if now - self._capped_at >= COUNT_CAP_EVERY_S:
-            keep, self._capped_at = self.spec.max_predictions, now
-        self.store.prune(now - self.spec.max_age_s, labels_before, keep)
+        capping = now - self._capped_at >= COUNT_CAP_EVERY_S
+        self.store.prune(now - self.spec.max_age_s, labels_before, self.spec.max_predictions if capping else None)
+        if capping:
+            self._capped_at = now
 
     def _expire_pending(self, now: float) -> dict[str, str]:
         expired = [rid for rid, (_, at) in self._pending.items() if now - at > self.spec.join_grace_s]

@@ -31,7 +31,8 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 metadata = MetaData()
 
@@ -84,8 +85,9 @@ def _json_dumps(value: Any) -> str:
 
 
 class StateStoreError(RuntimeError):
-    """The store failed (locked, unreachable, full): what the call wrote is rolled back, so the
-    caller may send it again."""
+    """The store failed for a while (locked, unreachable, full): what the call wrote is rolled
+    back, so the caller may send it again. Errors that sending again would repeat (a constraint,
+    a malformed value) stay SQLAlchemy's."""
 
 
 P = ParamSpec("P")
@@ -93,12 +95,12 @@ R = TypeVar("R")
 
 
 def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """The database's own errors, whatever the dialect, as a `StateStoreError`."""
+    """The database's passing failures, whatever the dialect, as a `StateStoreError`."""
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except SQLAlchemyError as exc:
+        except (OperationalError, PoolTimeoutError) as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StateStoreError(f"the state store failed: {cause}") from exc
     return wrapper

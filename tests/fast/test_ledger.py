@@ -196,6 +196,20 @@ def test_labels_the_store_failed_to_keep_are_learned_once_when_sent_again(tmp_pa
     assert ledger(tmp_path / "s.db", clock).trust.state() == clean.trust.state()
 
 
+def test_labels_whose_wait_ended_stay_pending_while_the_store_fails(tmp_path: Path):
+    clock = Clock()
+    book = Ledger(StateStore(f"sqlite:///{tmp_path / 's.db'}?timeout=0.05"), TrustBook(TrustSpec(), dict(PRIORS)),
+                  LedgerSpec(join_grace_s=5), clock)
+    book.feedback([("never", 1.0)])
+    clock.now += 6
+    with write_locked(tmp_path / "s.db"), pytest.raises(StateStoreError):
+        book.expire()
+    assert (book.totals.pending, book.totals.unknown) == (1, 0)
+    book.expire()
+    assert (book.totals.pending, book.totals.unknown) == (0, 1)
+    assert book.store.label_counts() == {"unknown": 1}
+
+
 def test_a_waiting_label_the_store_failed_to_keep_joins_when_its_prediction_comes_again(tmp_path: Path):
     clock = Clock()
     book = ledger(tmp_path / "s.db", clock, join_grace_s=5)

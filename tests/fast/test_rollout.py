@@ -245,6 +245,9 @@ def test_a_change_the_store_failed_to_keep_is_not_served(tmp_path: Path):
             control.start_rollout("patchtst", PLAN)
     assert control.snapshot()["patchtst"]["split"] == {"v1": 1.0} and control.rollouts == {}
     control.start_rollout("patchtst", PLAN)
+    with write_locked(tmp_path / "s.db"), pytest.raises(StateStoreError):
+        control.act("patchtst", "pause")
+    assert control.rollouts["patchtst"].status == "progressing"
     feed(control, canary_error=0.01)
     clock.now += PLAN.interval_s
     before = control.documents()
@@ -254,6 +257,22 @@ def test_a_change_the_store_failed_to_keep_is_not_served(tmp_path: Path):
     assert control.tick() and control.snapshot()["patchtst"]["split"] == {"v1": 0.5, "v2": 0.5}
     assert [e["detail"]["split"] for e in control.store.events("patchtst")] == [
         {"v1": 0.9, "v2": 0.1}, {"v1": 0.5, "v2": 0.5}]
+
+
+def test_labels_the_store_failed_to_keep_teach_a_rollout_once(tmp_path: Path):
+    clock = Clock()
+    url = f"sqlite:///{tmp_path / 's.db'}?timeout=0.05"
+    control = TrafficController(StateStore(url), DECLARED, clock)
+    trust = TrustBook(TrustSpec(), {"patchtst-v1": 1.0, "patchtst-v2": 1.0, "lstm-v1": 1.0})
+    ledger = Ledger(StateStore(url), trust, LedgerSpec(), clock, observer=control)
+    control.start_rollout("patchtst", PLAN)
+    ledger.record([(f"r{i}", clock.now, {"patchtst-v2": 0.0}) for i in range(30)])
+    labels = [(f"r{i}", 0.1) for i in range(30)]
+    with write_locked(tmp_path / "s.db"), pytest.raises(StateStoreError):
+        ledger.feedback(labels)
+    assert control.rollouts["patchtst"].canary_window.labels == 0
+    assert ledger.feedback(labels).applied == 30
+    assert control.rollouts["patchtst"].canary_window.labels == 30
 
 
 def test_version_window_and_call_stats():

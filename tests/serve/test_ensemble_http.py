@@ -39,7 +39,9 @@ def test_haproxy_drops_a_client_silent_for_a_minute(client: httpx.Client):
     """Ray's HAProxy waits 3600 s for a client that stopped mid-request; make serve's settings
     (which the session runs under) bound that silence to 60 s."""
     assert client.get("/healthz").status_code == 200  # served through HAProxy
-    haproxy = Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).read_text().splitlines()
+    # Serve writes each node's config in a folder of its own beside the path it is given.
+    config = Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+    haproxy = next(config.parent.glob(f"*/{config.name}")).read_text().splitlines()
     assert "timeout client 60s" in {line.strip() for line in haproxy}
 
 
