@@ -201,7 +201,10 @@ class Ledger:
             self._capped_at = now
 
     def _expire_pending(self, now: float) -> dict[str, str]:
-        expired = [rid for rid, (_, at) in self._pending.items() if now - at > self.spec.join_grace_s]
+        # A label whose prediction is in the log yet not joined with it came while the store
+        # failed to keep that prediction's record: it waits for the record, which its router sends again.
+        expired = [rid for rid, (_, at) in self._pending.items()
+                   if now - at > self.spec.join_grace_s and rid not in self._log]
         for rid in expired:
             del self._pending[rid]
         return dict.fromkeys(expired, "unknown")
