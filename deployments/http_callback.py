@@ -6,6 +6,7 @@ Serve's own per-request wrapper included. Kept free of Ray and of the router's i
 failing import here would stop the ingress.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 import json
 import os
@@ -22,18 +23,22 @@ REQUEST_ID = b"x-request-id"
 # A predict body (None: past the limit, unread) and its arrival (`time.perf_counter()`) -> the
 # answer's status and JSON.
 PredictAnswer = Callable[[bytes | None, float], Awaitable[tuple[int, bytes]]]
-_answer_here: tuple[PredictAnswer, int] | None = None
+_answer_here: tuple[PredictAnswer, int, asyncio.AbstractEventLoop] | None = None
 # The full path of the router's predict route, as Serve routed one to it: its application's
 # route prefix, which the replica is not told, and /v1/predict. Until one has come, and for any
 # other path (another application's, while HAProxy's routes catch up), Serve routes them.
 _predict_path: str | None = None
 
 
-def answer_predict_here(answer: PredictAnswer, max_body_bytes: int) -> None:
+def answer_predict_here(answer: PredictAnswer, max_body_bytes: int, loop: asyncio.AbstractEventLoop) -> None:
     """Called by the router replica of this process: `PredictAhead` answers its predict requests,
-    whose bodies are at most `max_body_bytes`, once `predict_routed_here` has named their path."""
+    whose bodies are at most `max_body_bytes`, once `predict_routed_here` has named their path,
+    where the HTTP server runs on the router's event loop `loop`. Serve runs the router's code on
+    a loop of its own in another thread unless RAY_SERVE_THROUGHPUT_OPTIMIZED is set, and the
+    router's queues, semaphores and futures belong to that loop: from the server's loop its calls
+    stalled (a 40 ms p50 under HAProxy alone), so there Serve routes predicts to it."""
     global _answer_here
-    _answer_here = answer, max_body_bytes
+    _answer_here = answer, max_body_bytes, loop
 
 
 def predict_routed_here(path: str) -> None:
@@ -137,8 +142,9 @@ class PredictAhead:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            if scope["path"] == _predict_path and _answer_here is not None:
-                answer, max_body_bytes = _answer_here
+            if (scope["path"] == _predict_path and _answer_here is not None
+                    and _answer_here[2] is asyncio.get_running_loop()):
+                answer, max_body_bytes, _ = _answer_here
                 await answer_asgi(answer, max_body_bytes, scope, receive, send,
                                   ((REQUEST_ID, request_id(scope["headers"])),))
                 return

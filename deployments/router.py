@@ -320,7 +320,7 @@ class EnsembleRouter:
         self._ahead = InFlight()
         self._ongoing = asyncio.Semaphore(router.max_ongoing_requests)
         freeze_loaded()
-        answer_predict_here(self.answer_ahead, self.limits.max_body_bytes)
+        answer_predict_here(self.answer_ahead, self.limits.max_body_bytes, loop)
         if self.args.member_apps:
             await wait_for_member_apps([deployment_name(model, version) for model, versions in members.items()
                                         for version in versions], router.member_wait_s)

@@ -13,6 +13,7 @@ from tests.fast.test_graph_configs import _make_serve_env
 
 
 MAX_BODY_BYTES = 16
+SERVER_LOOP = asyncio.new_event_loop()  # the loop the HTTP server, and so `PredictAhead`, runs on
 
 
 async def _answer(body: bytes | None, arrived: float) -> tuple[int, bytes]:
@@ -37,7 +38,7 @@ def _request(method: str, path: str, headers: list[tuple[bytes, bytes]],
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": headers}
-    asyncio.run(PredictAhead(app)(scope, receive, send))
+    SERVER_LOOP.run_until_complete(PredictAhead(app)(scope, receive, send))
     if unread is not None:
         unread.extend(chunks)
     return seen, sent
@@ -54,7 +55,7 @@ def router(monkeypatch: pytest.MonkeyPatch) -> None:
     """A router's process, to which Serve has routed a predict at /v1/predict."""
     monkeypatch.setattr(http_callback, "_answer_here", None)
     monkeypatch.setattr(http_callback, "_predict_path", None)
-    http_callback.answer_predict_here(_answer, MAX_BODY_BYTES)
+    http_callback.answer_predict_here(_answer, MAX_BODY_BYTES, SERVER_LOOP)
     http_callback.predict_routed_here("/v1/predict")
 
 
@@ -97,6 +98,18 @@ def test_a_predict_path_serve_has_not_routed_here_goes_to_serve(router, path):
 def test_before_serve_routes_a_predict_here_it_goes_to_serve(router, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(http_callback, "_predict_path", None)
     (headers,), sent = _request("POST", "/v1/predict", [])
+    assert not sent and parse_disconnect_disabled_header(headers)
+
+
+def test_a_router_whose_code_runs_on_another_loop_gets_its_predicts_through_serve(router):
+    """Serve runs user code on a loop of its own in another thread unless its throughput flag is
+    set: the router's queues and futures belong to that loop, so Serve's path takes its predicts."""
+    own_loop = asyncio.new_event_loop()
+    try:
+        http_callback.answer_predict_here(_answer, MAX_BODY_BYTES, own_loop)
+        (headers,), sent = _request("POST", "/v1/predict", [], b"{}")
+    finally:
+        own_loop.close()
     assert not sent and parse_disconnect_disabled_header(headers)
 
 
