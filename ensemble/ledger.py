@@ -23,7 +23,7 @@ Joined = tuple[dict[str, float], float]  # what each member version predicted, w
 TRUST_DOCUMENT = "trust"
 TOTALS_DOCUMENT = "feedback_totals"
 CLOCK_SKEW_S = 3600.0  # how far a router's clock may run ahead of the control plane's
-# Capping the log and the unknown labels by count scans both tables (65 ms at a million rows
+# Capping the log and the unknown labels by count scans both tables (41 ms at a million rows
 # each): once a minute, so each holds at most a minute's rows beyond its cap.
 COUNT_CAP_EVERY_S = 60.0
 
