@@ -38,6 +38,7 @@ from ensemble.ledger import PredictionRow
 from ensemble.load import InFlight
 from ensemble.rollout import CallStats
 from ensemble.schemas import BatchPrediction, ErrorBody, FeedbackRequest, Prediction, PredictRequest, RolloutStart
+from ensemble.store import StateStoreError
 from ensemble.traffic_control import TrafficChange
 from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
 from deployments.autoscaling import UNSEEN_IN_FLIGHT
@@ -115,6 +116,13 @@ async def _invalid_parameter(_: Request, exc: RequestValidationError) -> Respons
     error = exc.errors()[0]
     field = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
     return JSONResponse({"detail": f"{field}: {error['msg']}"}, status_code=422)
+
+
+@app.exception_handler(StateStoreError)
+async def _store_failed(_: Request, exc: StateStoreError) -> Response:
+    """A read of the control plane's that needed the state store, which failed (a database out of
+    reach): 503, as for feedback, not a 500. Ray raises it as the control plane's StateStoreError."""
+    return JSONResponse({"detail": f"{getattr(exc, 'cause', exc)}; try again"}, status_code=503)
 
 
 @app.exception_handler(ClientDisconnect)
@@ -513,7 +521,8 @@ class EnsembleRouter:
         })
 
 
-    @app.get("/v1/rollouts", summary="Traffic, rollout state and the history of every member's transitions")
+    @app.get("/v1/rollouts", summary="Traffic, rollout state and the history of every member's transitions",
+             responses={503: {"model": ErrorBody}})
     async def rollouts(self) -> Response:
         return json_response(await self.control.rollouts.remote())
 

@@ -1,4 +1,4 @@
-"""Another process's write lock on a SQLite state store: the store failing as it does for real."""
+"""A SQLite state store failing as it does for real, by another process's hand."""
 from __future__ import annotations
 
 import sqlite3
@@ -15,5 +15,17 @@ def write_locked(path: Path) -> Iterator[None]:
         holder.execute("BEGIN IMMEDIATE")
         yield
         holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+
+@contextmanager
+def table_gone(path: Path, table: str) -> Iterator[None]:
+    """Rename `table` of the SQLite file at `path` away, then back: reading it fails meanwhile."""
+    holder = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        holder.execute(f"ALTER TABLE {table} RENAME TO {table}_gone")
+        yield
+        holder.execute(f"ALTER TABLE {table}_gone RENAME TO {table}")
     finally:
         holder.close()

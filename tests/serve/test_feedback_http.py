@@ -11,7 +11,7 @@ from ray import serve
 from graphs.ensemble import build_app
 from models.data import sample_windows
 from tests.serve.conftest import ADMIN, DEPLOYED, graph_args, wait_until
-from tests.store_lock import write_locked
+from tests.store_lock import table_gone, write_locked
 
 WINDOWS = sample_windows(200, seed=21)
 
@@ -120,3 +120,12 @@ def test_a_store_that_fails_answers_503_and_the_same_feedback_later_applies_once
     assert client.post("/synthetic/v1/feedback", json=labels).json()["applied"] == len(ids)
     assert learned() == before + len(ids)
     assert client.post("/synthetic/v1/feedback", json=labels).json()["duplicate"] == len(ids)
+
+
+def test_a_store_that_cannot_be_read_answers_503_for_the_rollouts(client: httpx.Client, serve_session):
+    """The rollouts' history is read from the store: while it cannot be, a 503 (not a 500)."""
+    path = Path(serve_session.synthetic_state_url.removeprefix("sqlite:///"))
+    with table_gone(path, "events"):
+        refused = client.get("/synthetic/v1/rollouts")
+        assert refused.status_code == 503 and "try again" in refused.json()["detail"], refused.text
+    assert client.get("/synthetic/v1/rollouts").status_code == 200
