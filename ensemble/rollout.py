@@ -3,8 +3,8 @@
 No Ray and no storage here. A `Rollout` moves a member's traffic from its stable version to a
 canary in steps (5 → 25 → 50 → 100 %). At each step it waits at least `interval_s` and until
 the canary has served `min_requests` and been scored on `min_labels`, then runs the gates:
-the canary's feedback MSE at most the stable version's × (1 + tolerance), its error rate and
-its p99 latency under their limits. Passing every gate advances a step (after the last one the
+the canary's feedback MSE at most the stable version's × (1 + tolerance), its error rate at
+most the stable's plus a margin, and its p99 latency under its limit. Passing every gate advances a step (after the last one the
 canary is promoted); the first failing gate rolls the canary back to 0 %. Error rate and
 latency are also checked as soon as `min_requests` are in, so a broken canary does not wait for
 labels. Its whole state is a plain dict, so the control plane persists it and a restart
@@ -41,7 +41,12 @@ class RolloutPlan(StrictModel):
     error_tolerance: float = Field(
         0.1, ge=0, description="Gate: canary feedback MSE <= stable MSE x (1 + error_tolerance)."
     )
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="Gate: share of canary calls that fail or time out.")
+    max_error_rate: float = Field(
+        0.01, ge=0, le=1,
+        description="Gate: share of canary calls that fail or time out (rows it gives no finite prediction for "
+        "count as failed), beyond the stable version's share in the same step. Windows that every version fails "
+        "on, such as values far beyond the training data's, then do not roll a canary back.",
+    )
     max_p99_latency_s: float = Field(0.5, gt=0, description="Gate: p99 seconds of the canary's calls.")
 
     @model_validator(mode="after")
@@ -175,8 +180,10 @@ class Rollout:
             return None
         plan, canary, stable = self.plan, self.canary_window, self.stable_window
         if canary.requests >= plan.min_requests:
-            if canary.error_rate is not None and canary.error_rate > plan.max_error_rate:
-                return self._end("rolled_back", now, f"canary error rate {canary.error_rate:.4f} > {plan.max_error_rate}")
+            stable_rate = stable.error_rate or 0.0
+            if canary.error_rate is not None and canary.error_rate - stable_rate > plan.max_error_rate:
+                return self._end("rolled_back", now, f"canary error rate {canary.error_rate:.4f} > stable's "
+                                                     f"{stable_rate:.4f} + {plan.max_error_rate}")
             if canary.p99_s is not None and canary.p99_s > plan.max_p99_latency_s:
                 return self._end("rolled_back", now, f"canary p99 latency {canary.p99_s:.4f}s > {plan.max_p99_latency_s}s")
         waiting = []

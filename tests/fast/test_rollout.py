@@ -34,10 +34,12 @@ def controller(path: Path, clock: Clock, declared: dict[str, Declared] = DECLARE
 
 
 def feed(control: TrafficController, canary_error: float, stable_error: float = 0.01, n: int = 40,
-         latency_s: float = 0.005, failed: int = 0) -> None:
+         latency_s: float = 0.005, failed: int = 0, stable_failed: int = 0) -> None:
     """One step's worth of evidence: calls from a router and labels joined by the ledger."""
     stats = CallStats()
-    stats.add("patchtst-v1", n, False, latency_s)
+    stats.add("patchtst-v1", n - stable_failed, False, latency_s)
+    if stable_failed:
+        stats.add("patchtst-v1", stable_failed, True, latency_s)
     stats.add("patchtst-v2", n - failed, False, latency_s)
     if failed:
         stats.add("patchtst-v2", failed, True, latency_s)
@@ -94,6 +96,22 @@ def test_errors_and_latency_roll_back_without_waiting_for_labels(tmp_path: Path)
     feed(control, 0.01, latency_s=0.4)
     control.tick()
     assert "p99 latency" in control.rollouts["patchtst"].reason
+
+
+def test_errors_that_the_stable_version_makes_as_often_do_not_roll_back(tmp_path: Path):
+    """Windows every version fails on (values far beyond the training data's) are the input's
+    failures, not the canary's: only the canary's error rate beyond the stable's counts."""
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    feed(control, 0.01, failed=5, stable_failed=5)  # 12.5% each
+    clock.now += PLAN.interval_s
+    control.tick()
+    assert control.rollouts["patchtst"].status == "progressing" and control.rollouts["patchtst"].step == 1
+    feed(control, 0.01, failed=5, stable_failed=2)  # 12.5% against 5%: 7.5 points beyond, over the 5 allowed
+    control.tick()
+    rollout = control.rollouts["patchtst"]
+    assert rollout.status == "rolled_back" and "0.1250 > stable's 0.0500 + 0.05" in rollout.reason
 
 
 def test_waits_for_interval_and_evidence(tmp_path: Path):
