@@ -11,6 +11,7 @@ learning rate means the same thing whatever the units of the target.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -78,11 +79,17 @@ class MemberStats:
         return mse, mean, max(self.rolling_residual_sq / self.rolling_norm - mean * mean, 0.0)
 
 
-# A label or residual counts at most this many of the labels' standard deviations away, once
-# OUTLIER_AFTER labels have set the scale: one wrong label (a price sent for a return) would
-# otherwise blow the running variance up for good, every later loss would round to 0, and
-# hedge would stop learning.
-OUTLIER_SIGMAS, OUTLIER_AFTER = 10.0, 30
+# A label or residual counts at most this many of the labels' standard deviations away: one
+# wrong label (a price sent for a return) would otherwise blow the running variance up for good,
+# every later loss would round to 0, and hedge would stop learning. Until OUTLIER_AFTER labels
+# have set the scale, the median and MAD of the labels so far estimate it, from the ROBUST_FROM-th
+# label on; the scale is then built again from those first labels, each bounded that way, so a
+# wrong one among the very first leaves no trace in it either.
+OUTLIER_SIGMAS, OUTLIER_AFTER, ROBUST_FROM = 10.0, 30, 5
+MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation per median absolute deviation
+# The least MSE or residual variance counted, as a share of the labels' variance: a member exactly
+# right, or off by exactly a constant, then gets a finite weight and bias figure.
+VARIANCE_FLOOR = 1e-6
 
 
 @dataclass
@@ -92,16 +99,31 @@ class LabelScale:
     count: float = 0.0
     mean: float = 0.0
     m2: float = 0.0
+    first: list[float] = field(default_factory=list)  # the labels as sent, until OUTLIER_AFTER
 
     @property
     def bound(self) -> float:
-        """How far from the mean (or from a prediction) a label counts: OUTLIER_SIGMAS standard
-        deviations, unbounded until OUTLIER_AFTER labels are in."""
-        return OUTLIER_SIGMAS * math.sqrt(self.variance) if self.count >= OUTLIER_AFTER else math.inf
+        """How far from the mean (or from a prediction) a label counts."""
+        if self.count >= OUTLIER_AFTER:
+            return OUTLIER_SIGMAS * math.sqrt(self.variance)
+        return _median_bound(self.first)[1]
 
     def add(self, actual: float) -> None:
-        bound = self.bound
-        actual = min(max(actual, self.mean - bound), self.mean + bound)
+        if self.count >= OUTLIER_AFTER:
+            self._add(_clip(actual, self.mean, self.bound))
+            return
+        self._add(_clip(actual, *_median_bound(self.first)))
+        if len(self.first) == self.count - 1:  # else a state from before `first` was kept
+            self.first.append(actual)
+        if self.count == OUTLIER_AFTER:
+            first, self.first = self.first, []
+            if len(first) == self.count:
+                self.count = self.mean = self.m2 = 0.0
+                center, bound = _median_bound(first)
+                for label in first:
+                    self._add(_clip(label, center, bound))
+
+    def _add(self, actual: float) -> None:
         self.count += 1
         delta = actual - self.mean
         self.mean += delta / self.count
@@ -110,6 +132,20 @@ class LabelScale:
     @property
     def variance(self) -> float:
         return self.m2 / self.count if self.count > 1 and self.m2 > 0 else 1.0
+
+
+def _median_bound(labels: list[float]) -> tuple[float, float]:
+    """The labels' median, and the bound their median absolute deviation gives (inf with fewer
+    than ROBUST_FROM, or where most are equal and it is 0)."""
+    if len(labels) < ROBUST_FROM:
+        return 0.0, math.inf
+    median = statistics.median(labels)
+    mad = statistics.median(abs(x - median) for x in labels)
+    return median, OUTLIER_SIGMAS * MAD_TO_SIGMA * mad if mad > 0 else math.inf
+
+
+def _clip(value: float, center: float, bound: float) -> float:
+    return min(max(value, center - bound), center + bound)
 
 
 @dataclass
@@ -176,7 +212,7 @@ class TrustBook:
             least = min(losses.values(), default=0.0)
             raw = {m: self.priors.get(m, 1.0) * math.exp(-self.spec.learning_rate * (losses[m] - least)) for m in names}
         else:
-            floor_mse = self.scale.variance * 1e-6
+            floor_mse = self.scale.variance * VARIANCE_FLOOR
             raw = {}
             for m in names:
                 recent = self.stats[m].recent() if m in self.stats else None
@@ -227,7 +263,7 @@ class TrustBook:
             return report
         mse, mean, variance = rolling
         effective = min(stats.labels, spec.window)
-        z = mean / math.sqrt(variance / effective) if variance > 0 else 0.0
+        z = mean / math.sqrt(max(variance, self.scale.variance * VARIANCE_FLOOR) / effective)
         ratio = mse / baseline if baseline else None
         report.update(rolling_mse=mse, ratio=ratio, mean_residual=mean, bias_z=z)
         if stats.labels >= spec.min_labels:

@@ -142,3 +142,30 @@ def test_one_wrong_label_does_not_stop_learning():
     book.update(labels(300))
     weights = book.weights()
     assert weights["good-v1"] > 0.9  # still learning whom to trust
+
+
+def test_a_wrong_label_among_the_first_leaves_no_trace_in_the_scale():
+    """Before 30 labels have set the scale, the median and MAD of those in bound the next; at the
+    30th the scale is built again from them, so even the third label being wrong is forgotten."""
+    members = {"good-v1": 0.1, "poor-v1": 1.0}
+    rng = np.random.default_rng(5)
+
+    def labels(n: int) -> list:
+        return [({m: y + rng.normal(0, s) for m, s in members.items()}, y) for y in rng.normal(0, 1, n)]
+
+    for wrong_at in (2, 12):
+        book = TrustBook(TrustSpec(), priors=dict.fromkeys(members, 1.0))
+        book.update(labels(wrong_at))
+        book.update([({m: 0.0 for m in members}, 3.4e38)])
+        book.update(labels(300))
+        assert 0.5 < book.scale.variance < 2.0, (wrong_at, book.scale)
+        assert book.weights()["good-v1"] > 0.9, wrong_at
+        if wrong_at > 5:  # bounded as it came, so the members' error statistics never saw it
+            assert book.stats["good-v1"].recent() < 1.0
+
+
+def test_a_member_off_by_exactly_a_constant_is_flagged_for_bias():
+    book = TrustBook(TrustSpec(), priors={"a-v1": 1.0}, baselines={"a-v1": 10.0})
+    book.update(({"a-v1": y - 0.5}, y) for y in np.random.default_rng(6).normal(size=200))
+    drift = book.drift("a-v1")
+    assert drift["drift"] is True and "residual" in drift["reason"] and drift["bias_z"] > 4
