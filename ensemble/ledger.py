@@ -26,12 +26,19 @@ CLOCK_SKEW_S = 3600.0  # how far a router's clock may run ahead of the control p
 # Capping the log and the unknown labels by count scans both tables (41 ms at a million rows
 # each): once a minute, so each holds at most a minute's rows beyond its cap.
 COUNT_CAP_EVERY_S = 60.0
+# The newest predictions, kept in memory as well as in the store: labels that follow them closely
+# and the shadow outputs that follow them join without a read. Older ones are read from the store
+# when their labels come, so the log's size costs the control plane disk, not memory or start time.
+CACHED_PREDICTIONS = 20_000
 
 
 class LedgerSpec(StrictModel):
     """Bounds of the prediction log and the feedback join."""
 
-    max_predictions: int = Field(1_000_000, ge=100, description="Most predictions kept for joining late labels.")
+    max_predictions: int = Field(
+        1_000_000, ge=100,
+        description="Most predictions kept in the state store for joining late labels (enforced once a minute).",
+    )
     max_age_s: float = Field(7 * 24 * 3600, gt=0, description="Seconds a prediction stays joinable.")
     join_grace_s: float = Field(
         5.0, ge=0, description="Seconds a label for a not-yet-logged request waits for its prediction before it counts as unknown."
@@ -64,7 +71,8 @@ class LabelObserver(Protocol):
 
 class Ledger:
     def __init__(self, store: StateStore, trust: TrustBook, spec: LedgerSpec,
-                 clock: Callable[[], float] = time.time, observer: LabelObserver | None = None) -> None:
+                 clock: Callable[[], float] = time.time, observer: LabelObserver | None = None,
+                 cached: int = CACHED_PREDICTIONS) -> None:
         """`observer` sees every batch of joined labels after trust has learned from it; its
         documents are saved in the same transaction as the labels, which count as applied once
         saved: on a restart neither trust nor the observer has lost what a label taught it, nor
@@ -75,10 +83,12 @@ class Ledger:
         if TRUST_DOCUMENT in documents:
             trust.restore(documents[TRUST_DOCUMENT])
         now = clock()
-        self._log: OrderedDict[str, tuple[float, dict[str, float]]] = OrderedDict(
+        self._cached = min(cached, spec.max_predictions)
+        self._recent: OrderedDict[str, tuple[float, dict[str, float]]] = OrderedDict(
             (rid, (created, members))
-            for rid, created, members in store.recent_predictions(now - spec.max_age_s, spec.max_predictions)
+            for rid, created, members in store.recent_predictions(now - spec.max_age_s, self._cached)
         )
+        self._logged = store.count_predictions()
         self._pending: dict[str, tuple[float, float]] = {rid: (a, t) for rid, a, t in store.pending_labels()}
         self.totals = FeedbackReport(**documents.get(TOTALS_DOCUMENT, {}))
         self._capped_at = -float("inf")
@@ -90,18 +100,23 @@ class Ledger:
         latest answer); a shadow row adds a mirrored version's output to its request's row.
         """
         for rid, created, members in rows:
-            self._log[rid] = (created, members)
-            self._log.move_to_end(rid)
+            self._recent[rid] = (created, members)
+            self._recent.move_to_end(rid)
+        logged = {rid: self._recent[rid] for rid, _, _ in shadow_rows if rid in self._recent}
+        logged.update(self.store.logged_predictions(
+            (rid for rid, _, _ in shadow_rows if rid not in logged), self.clock() - self.spec.max_age_s))
         merged = []
         for rid, _, members in shadow_rows:
-            if rid in self._log:
-                created, logged = self._log[rid]
-                self._log[rid] = (created, {**logged, **members})
-                merged.append((rid, created, self._log[rid][1]))
+            if rid in logged:
+                created, before = logged[rid]
+                logged[rid] = (created, {**before, **members})
+                merged.append((rid, created, logged[rid][1]))
+                if rid in self._recent:
+                    self._recent[rid] = logged[rid]
         # Labels waiting for these rows join before eviction, which may drop the rows themselves.
-        waiting = {rid: self._log[rid][1] for rid, _, _ in rows if rid in self._pending}
+        waiting = {rid: self._recent[rid][1] for rid, _, _ in rows if rid in self._pending}
         self._evict()
-        self.store.log_predictions([*rows, *merged])
+        self._logged += self.store.log_predictions([*rows, *merged])
         if not waiting:
             return FeedbackReport()
         report = FeedbackReport()
@@ -129,14 +144,16 @@ class Ledger:
                 fresh[rid] = actual
         seen = self.store.known_labels(fresh)
         report.duplicate += len(seen)
+        logged = {rid: self._recent[rid] for rid in fresh if rid in self._recent}
+        logged.update(self.store.logged_predictions(
+            (rid for rid in fresh if rid not in logged and rid not in seen), now - self.spec.max_age_s))
         joined, rows = [], []
         with self._all_or_nothing():
             for rid, actual in fresh.items():
                 if rid in seen:
                     continue
-                logged = self._log.get(rid)
-                if logged is not None:
-                    joined.append((logged[1], actual))
+                if rid in logged:
+                    joined.append((logged[rid][1], actual))
                     status = "applied"
                 elif self.spec.join_grace_s > 0:
                     self._pending[rid] = (actual, now)
@@ -196,26 +213,28 @@ class Ledger:
         # ahead of this one: a label goes only once no prediction it could join is left.
         labels_before = now - self.spec.max_age_s - self.spec.join_grace_s - CLOCK_SKEW_S
         capping = now - self._capped_at >= COUNT_CAP_EVERY_S
-        self.store.prune(now - self.spec.max_age_s, labels_before, self.spec.max_predictions if capping else None)
+        self._logged -= self.store.prune(now - self.spec.max_age_s, labels_before,
+                                         self.spec.max_predictions if capping else None)
         if capping:
             self._capped_at = now
 
     def _expire_pending(self, now: float) -> dict[str, str]:
-        # A label whose prediction is in the log yet not joined with it came while the store
+        # A label whose prediction is in memory yet not joined with it came while the store
         # failed to keep that prediction's record: it waits for the record, which its router sends again.
         expired = [rid for rid, (_, at) in self._pending.items()
-                   if now - at > self.spec.join_grace_s and rid not in self._log]
+                   if now - at > self.spec.join_grace_s and rid not in self._recent]
         for rid in expired:
             del self._pending[rid]
         return dict.fromkeys(expired, "unknown")
 
     def _evict(self) -> None:
         oldest_allowed = self.clock() - self.spec.max_age_s
-        while self._log and (
-            len(self._log) > self.spec.max_predictions or next(iter(self._log.values()))[0] < oldest_allowed
+        while self._recent and (
+            len(self._recent) > self._cached or next(iter(self._recent.values()))[0] < oldest_allowed
         ):
-            self._log.popitem(last=False)
+            self._recent.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._log)
+        """Predictions in the log."""
+        return self._logged
 

@@ -35,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 metadata = MetaData()
+IN_CHUNK = 500  # request ids per `IN (...)` query: SQLite's bound parameters are limited
 
 predictions = Table(
     "predictions",
@@ -121,16 +122,37 @@ class StateStore:
 
     # -- prediction log ---------------------------------------------------------------
     @_store_errors
-    def log_predictions(self, rows: Sequence[tuple[str, float, dict[str, float]]]) -> None:
+    def log_predictions(self, rows: Sequence[tuple[str, float, dict[str, float]]]) -> int:
+        """Store `rows`; how many of their request ids the log did not hold before."""
         if not rows:
-            return
+            return 0
         # A repeated request_id replaces the older prediction, in this batch or before it: the
         # latest answer is what a label refers to.
         latest = {rid: (created, members) for rid, created, members in rows}
         with self.engine.begin() as conn:
-            conn.execute(delete(predictions).where(predictions.c.request_id.in_(list(latest))))
+            replaced = conn.execute(delete(predictions).where(predictions.c.request_id.in_(list(latest)))).rowcount
             conn.execute(insert(predictions),
                          [{"request_id": rid, "created_at": t, "members": m} for rid, (t, m) in latest.items()])
+        return len(latest) - replaced
+
+    @_store_errors
+    def logged_predictions(self, request_ids: Iterable[str], since: float) -> dict[str, tuple[float, dict[str, float]]]:
+        """When and what each member version predicted, for those of `request_ids` logged at `since` or later."""
+        ids = list(request_ids)
+        found: dict[str, tuple[float, dict[str, float]]] = {}
+        if not ids:
+            return found
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), IN_CHUNK):
+                query = select(predictions.c.request_id, predictions.c.created_at, predictions.c.members).where(
+                    predictions.c.request_id.in_(ids[start : start + IN_CHUNK]), predictions.c.created_at >= since)
+                found.update((rid, (created, members)) for rid, created, members in conn.execute(query))
+        return found
+
+    @_store_errors
+    def count_predictions(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(predictions)).scalar_one()
 
     @_store_errors
     def recent_predictions(self, since: float, limit: int) -> list[tuple[str, float, dict[str, float]]]:
@@ -145,23 +167,26 @@ class StateStore:
         return [(r.request_id, r.created_at, r.members) for r in reversed(rows)]
 
     @_store_errors
-    def prune(self, predictions_before: float, labels_before: float, keep: int | None) -> None:
+    def prune(self, predictions_before: float, labels_before: float, keep: int | None) -> int:
         """Drop predictions created before `predictions_before` and labels received before
         `labels_before`, then, unless `keep` is None, all but the newest `keep` predictions and
         `keep` unknown labels (those joined nothing, so none is learned twice); the totals keep
-        what was counted. The ages use their indexes; the counts cost a scan of each table."""
+        what was counted. The ages use their indexes; the counts cost a scan of each table.
+        Returns how many predictions went."""
         unknown = labels.c.status == "unknown"
         with self.engine.begin() as conn:
-            conn.execute(delete(predictions).where(predictions.c.created_at < predictions_before))
+            dropped = conn.execute(delete(predictions).where(predictions.c.created_at < predictions_before)).rowcount
             conn.execute(delete(labels).where(labels.c.received_at < labels_before))
             if keep is None:
-                return
+                return dropped
             for table, at, which in ((predictions, predictions.c.created_at, true()),
                                      (labels, labels.c.received_at, unknown)):
                 count = conn.execute(select(func.count()).select_from(table).where(which)).scalar_one()
                 if count > keep:
                     cutoff = conn.execute(select(at).where(which).order_by(at.desc()).offset(keep).limit(1)).scalar_one()
-                    conn.execute(delete(table).where(which, at <= cutoff))
+                    gone = conn.execute(delete(table).where(which, at <= cutoff)).rowcount
+                    dropped += gone if table is predictions else 0
+        return dropped
 
     # -- labels and learned state -------------------------------------------------------
     @_store_errors
@@ -169,8 +194,8 @@ class StateStore:
         ids = list(request_ids)
         known: set[str] = set()
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = ids[start : start + IN_CHUNK]
                 known.update(conn.execute(select(labels.c.request_id).where(labels.c.request_id.in_(chunk))).scalars())
         return known
 
