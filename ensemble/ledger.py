@@ -162,10 +162,10 @@ class Ledger:
                     status = "unknown"
                 setattr(report, status, getattr(report, status) + 1)
                 rows.append((rid, actual, now, status))
-            self._learn(joined)
             # Others' labels whose grace ran out count in the totals, not in this caller's report.
-            changes = self._expire_pending(now)
-            self._save(report, rows, changes, learned=bool(joined), expired=len(changes))
+            changes, late, settled = self._settle_pending(now)
+            self._learn(joined + late)
+            self._save(report, rows, changes, learned=bool(joined or late), others=settled)
         return report
 
     @contextmanager
@@ -190,11 +190,12 @@ class Ledger:
         return applied
 
     def _save(self, report: FeedbackReport, rows: list[tuple[str, float, float, str]], changes: dict[str, str],
-              learned: bool, expired: int = 0) -> None:
-        """Store labels `rows` and status `changes` with the totals (plus `report`, and `expired`
-        pending labels now unknown) and, where trust `learned`, its state: one transaction."""
+              learned: bool, others: FeedbackReport | None = None) -> None:
+        """Store labels `rows` and status `changes` with the totals (plus `report`, and `others`:
+        what earlier callers' waiting labels became) and, where trust `learned`, its state: one transaction."""
         self.totals.add(report)
-        self.totals.add(FeedbackReport(pending=-expired, unknown=expired))
+        if others is not None:
+            self.totals.add(others)
         documents = {TOTALS_DOCUMENT: asdict(self.totals)}
         if learned:
             documents[TRUST_DOCUMENT] = self.trust.state()
@@ -206,9 +207,10 @@ class Ledger:
         """Count labels whose prediction never came as unknown; prune the durable log and labels."""
         now = self.clock()
         with self._all_or_nothing():
-            changes = self._expire_pending(now)
+            changes, late, settled = self._settle_pending(now)
             if changes:
-                self._save(FeedbackReport(), [], changes, learned=False, expired=len(changes))
+                self._learn(late)
+                self._save(FeedbackReport(), [], changes, learned=bool(late), others=settled)
         # A label may come before its prediction (within the grace) and a router's clock may run
         # ahead of this one: a label goes only once no prediction it could join is left.
         labels_before = now - self.spec.max_age_s - self.spec.join_grace_s - CLOCK_SKEW_S
@@ -218,14 +220,24 @@ class Ledger:
         if capping:
             self._capped_at = now
 
-    def _expire_pending(self, now: float) -> dict[str, str]:
-        # A label whose prediction is in memory yet not joined with it came while the store
-        # failed to keep that prediction's record: it waits for the record, which its router sends again.
-        expired = [rid for rid, (_, at) in self._pending.items()
-                   if now - at > self.spec.join_grace_s and rid not in self._recent]
-        for rid in expired:
-            del self._pending[rid]
-        return dict.fromkeys(expired, "unknown")
+    def _settle_pending(self, now: float) -> tuple[dict[str, str], list[Joined], FeedbackReport]:
+        """Labels whose grace ran out: joined where their prediction is logged after all (its
+        record came while the store failed to keep their join, and may since have left memory),
+        else unknown. Their new statuses, the joined ones, and how they count in the totals."""
+        due = [rid for rid, (_, at) in self._pending.items() if now - at > self.spec.join_grace_s]
+        if not due:
+            return {}, [], FeedbackReport()
+        logged = {rid: self._recent[rid] for rid in due if rid in self._recent}
+        logged.update(self.store.logged_predictions((rid for rid in due if rid not in logged),
+                                                    now - self.spec.max_age_s))
+        changes, late = {}, []
+        for rid in due:
+            actual, _ = self._pending.pop(rid)
+            if rid in logged:
+                late.append((logged[rid][1], actual))
+            changes[rid] = "applied" if rid in logged else "unknown"
+        unknown = len(due) - len(late)
+        return changes, late, FeedbackReport(applied=len(late), pending=-len(due), unknown=unknown)
 
     def _evict(self) -> None:
         oldest_allowed = self.clock() - self.spec.max_age_s

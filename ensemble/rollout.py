@@ -44,8 +44,9 @@ class RolloutPlan(StrictModel):
     max_error_rate: float = Field(
         0.01, ge=0, le=1,
         description="Gate: share of canary calls that fail or time out (rows it gives no finite prediction for "
-        "count as failed), beyond the stable version's share in the same step. Windows that every version fails "
-        "on, such as values far beyond the training data's, then do not roll a canary back.",
+        "count as failed), beyond the stable version's share in the same step (once the stable has served "
+        "min_requests in it). Windows that every version fails on, such as values far beyond the training data's, "
+        "then do not roll a canary back.",
     )
     max_p99_latency_s: float = Field(0.5, gt=0, description="Gate: p99 seconds of the canary's calls.")
 
@@ -180,7 +181,8 @@ class Rollout:
             return None
         plan, canary, stable = self.plan, self.canary_window, self.stable_window
         if canary.requests >= plan.min_requests:
-            stable_rate = stable.error_rate or 0.0
+            # The stable's rate is the reference only on as much evidence as the canary's.
+            stable_rate = stable.error_rate if stable.requests >= plan.min_requests else 0.0
             if canary.error_rate is not None and canary.error_rate - stable_rate > plan.max_error_rate:
                 return self._end("rolled_back", now, f"canary error rate {canary.error_rate:.4f} > stable's "
                                                      f"{stable_rate:.4f} + {plan.max_error_rate}")

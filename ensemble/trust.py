@@ -82,9 +82,9 @@ class MemberStats:
 # A label or residual counts at most this many of the labels' standard deviations away: one
 # wrong label (a price sent for a return) would otherwise blow the running variance up for good,
 # every later loss would round to 0, and hedge would stop learning. Until OUTLIER_AFTER labels
-# have set the scale, the median and MAD of the labels so far estimate it, from the ROBUST_FROM-th
-# label on; the scale is then built again from those first labels, each bounded that way, so a
-# wrong one among the very first leaves no trace in it either.
+# have set the scale, the median and MAD of the labels so far estimate it (the first ROBUST_FROM
+# are learned from together, under the bound all of them give); the scale is then built again
+# from those first labels, each bounded that way, so a wrong one among them leaves no trace in it.
 OUTLIER_SIGMAS, OUTLIER_AFTER, ROBUST_FROM = 10.0, 30, 5
 MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation per median absolute deviation
 # The least MSE or residual variance counted, as a share of the labels' variance: a member exactly
@@ -101,18 +101,18 @@ class LabelScale:
     m2: float = 0.0
     first: list[float] = field(default_factory=list)  # the labels as sent, until OUTLIER_AFTER
 
-    @property
-    def bound(self) -> float:
-        """How far from the mean (or from a prediction) a label counts."""
+    def center_and_bound(self) -> tuple[float, float]:
+        """Where the next label is expected, and how far from it (or from a prediction) it counts."""
         if self.count >= OUTLIER_AFTER:
-            return OUTLIER_SIGMAS * math.sqrt(self.variance)
-        return _median_bound(self.first)[1]
+            return self.mean, OUTLIER_SIGMAS * math.sqrt(self.variance)
+        return _median_bound(self.first)
 
-    def add(self, actual: float) -> None:
-        if self.count >= OUTLIER_AFTER:
-            self._add(_clip(actual, self.mean, self.bound))
+    def add(self, actual: float, center: float, bound: float) -> None:
+        """Count `actual`, as at most `bound` from `center`."""
+        warming = self.count < OUTLIER_AFTER
+        self._add(_clip(actual, center, bound))
+        if not warming:
             return
-        self._add(_clip(actual, *_median_bound(self.first)))
         if len(self.first) == self.count - 1:  # else a state from before `first` was kept
             self.first.append(actual)
         if self.count == OUTLIER_AFTER:
@@ -157,49 +157,63 @@ class TrustBook:
     baselines: dict[str, float] = field(default_factory=dict)  # deployment name -> manifest holdout MSE
     stats: dict[str, MemberStats] = field(default_factory=dict)
     scale: LabelScale = field(default_factory=LabelScale)
+    # The very first labels, learned from only once ROBUST_FROM are in, each bounded by all of
+    # them: before that nothing bounds a label, and one wrong one would stay in every member's errors.
+    held: list[tuple[dict[str, float], float]] = field(default_factory=list)
 
     def update(self, joined: Iterable[tuple[Mapping[str, float], float]]) -> int:
         """Apply labels: each is (member version -> its prediction, actual). Returns how many."""
         count = 0
-        recent_decay = _decay(self.spec.error_window)
-        drift_decay = _decay(self.spec.drift.window)
         for member in self.priors:  # a deployed newcomer starts at the mean before these labels
             self._stats_of(member)
         for predictions, actual in joined:
-            bound = self.scale.bound  # before this label moves it
-            self.scale.add(actual)
-            variance = self.scale.variance
-            total_loss = 0.0
-            for member in predictions.keys() - self.stats.keys():  # a shadow or retired version, seen first
-                self._stats_of(member)
-            for member, predicted in predictions.items():
-                stats = self.stats[member]
-                residual = min(max(actual - predicted, -bound), bound)
-                squared = residual * residual
-                loss = min(squared / variance, 100.0)
-                total_loss += loss
-                stats.labels += 1
-                stats.discounted_loss = self.spec.discount * stats.discounted_loss + loss
-                stats.recent_mse = recent_decay * stats.recent_mse + squared
-                stats.recent_norm = recent_decay * stats.recent_norm + 1.0
-                stats.rolling_mse = drift_decay * stats.rolling_mse + squared
-                stats.rolling_residual = drift_decay * stats.rolling_residual + residual
-                stats.rolling_residual_sq = drift_decay * stats.rolling_residual_sq + squared
-                stats.rolling_norm = drift_decay * stats.rolling_norm + 1.0
-                if stats.labels <= self.spec.drift.baseline_labels:
-                    stats.baseline_sum += squared
-                    if stats.labels == self.spec.drift.baseline_labels:
-                        stats.baseline_mse = stats.baseline_sum / stats.labels
-            # Sleeping experts: a version that did not predict this label (another version of its
-            # member served it, or a shadow not sampled) is charged the mean loss of those that
-            # did, so it neither gains trust by being absent nor starts unproven ahead of the rest.
-            if predictions:
-                imputed = total_loss / len(predictions)
-                for member in self.priors.keys() - predictions.keys():
-                    stats = self.stats[member]
-                    stats.discounted_loss = self.spec.discount * stats.discounted_loss + imputed
             count += 1
+            if self.scale.count == 0 and len(self.held) < ROBUST_FROM - 1:
+                self.held.append((dict(predictions), actual))
+            elif self.held:
+                first, self.held = [*self.held, (predictions, actual)], []
+                center, bound = _median_bound([label for _, label in first])
+                for held_predictions, held_actual in first:
+                    self._learn(held_predictions, held_actual, center, bound)
+            else:
+                self._learn(predictions, actual, *self.scale.center_and_bound())
         return count
+
+    def _learn(self, predictions: Mapping[str, float], actual: float, center: float, bound: float) -> None:
+        """One label, at most `bound` from `center`, and each residual at most `bound`."""
+        recent_decay = _decay(self.spec.error_window)
+        drift_decay = _decay(self.spec.drift.window)
+        self.scale.add(actual, center, bound)
+        variance = self.scale.variance
+        total_loss = 0.0
+        for member in predictions.keys() - self.stats.keys():  # a shadow or retired version, seen first
+            self._stats_of(member)
+        for member, predicted in predictions.items():
+            stats = self.stats[member]
+            residual = _clip(actual - predicted, 0.0, bound)
+            squared = residual * residual
+            loss = min(squared / variance, 100.0)
+            total_loss += loss
+            stats.labels += 1
+            stats.discounted_loss = self.spec.discount * stats.discounted_loss + loss
+            stats.recent_mse = recent_decay * stats.recent_mse + squared
+            stats.recent_norm = recent_decay * stats.recent_norm + 1.0
+            stats.rolling_mse = drift_decay * stats.rolling_mse + squared
+            stats.rolling_residual = drift_decay * stats.rolling_residual + residual
+            stats.rolling_residual_sq = drift_decay * stats.rolling_residual_sq + squared
+            stats.rolling_norm = drift_decay * stats.rolling_norm + 1.0
+            if stats.labels <= self.spec.drift.baseline_labels:
+                stats.baseline_sum += squared
+                if stats.labels == self.spec.drift.baseline_labels:
+                    stats.baseline_mse = stats.baseline_sum / stats.labels
+        # Sleeping experts: a version that did not predict this label (another version of its
+        # member served it, or a shadow not sampled) is charged the mean loss of those that
+        # did, so it neither gains trust by being absent nor starts unproven ahead of the rest.
+        if predictions:
+            imputed = total_loss / len(predictions)
+            for member in self.priors.keys() - predictions.keys():
+                stats = self.stats[member]
+                stats.discounted_loss = self.spec.discount * stats.discounted_loss + imputed
 
     def weights(self, members: Iterable[str] | None = None) -> dict[str, float]:
         """Unnormalised weights per member version (the combiner normalises over who answered)."""
@@ -274,9 +288,17 @@ class TrustBook:
         return report
 
     def state(self) -> dict:
-        """Everything learned, as JSON-ready data."""
-        return {"stats": {m: asdict(s) for m, s in self.stats.items()}, "scale": asdict(self.scale)}
+        """Everything learned, as JSON-ready data. What only the first labels need is left out once
+        they are learned from, so a release from before them still reads the state."""
+        scale = asdict(self.scale)
+        if not scale["first"]:
+            del scale["first"]
+        state = {"stats": {m: asdict(s) for m, s in self.stats.items()}, "scale": scale}
+        if self.held:
+            state["held"] = [[predictions, actual] for predictions, actual in self.held]
+        return state
 
     def restore(self, state: Mapping) -> None:
         self.stats = {m: MemberStats(**s) for m, s in state.get("stats", {}).items()}
         self.scale = LabelScale(**state.get("scale", {}))
+        self.held = [(dict(predictions), actual) for predictions, actual in state.get("held", [])]

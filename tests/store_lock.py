@@ -25,7 +25,9 @@ def table_gone(path: Path, table: str) -> Iterator[None]:
     holder = sqlite3.connect(path, isolation_level=None, timeout=10)
     try:
         holder.execute(f"ALTER TABLE {table} RENAME TO {table}_gone")
-        yield
-        holder.execute(f"ALTER TABLE {table}_gone RENAME TO {table}")
+        try:
+            yield
+        finally:  # a failed check inside must not leave the session's store without the table
+            holder.execute(f"ALTER TABLE {table}_gone RENAME TO {table}")
     finally:
         holder.close()

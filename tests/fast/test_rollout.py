@@ -114,6 +114,19 @@ def test_errors_that_the_stable_version_makes_as_often_do_not_roll_back(tmp_path
     assert rollout.status == "rolled_back" and "0.1250 > stable's 0.0500 + 0.05" in rollout.reason
 
 
+def test_a_stable_version_with_few_requests_in_the_step_is_no_reference_for_errors(tmp_path: Path):
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    control.start_rollout("patchtst", PLAN)
+    stats = CallStats()
+    stats.add("patchtst-v1", PLAN.min_requests - 1, True, 0.005)  # all failed, but too few to compare with
+    stats.add("patchtst-v2", PLAN.min_requests, True, 0.005)
+    control.observe_calls(stats.drain())
+    control.tick()
+    rollout = control.rollouts["patchtst"]
+    assert rollout.status == "rolled_back" and "stable's 0.0000" in rollout.reason
+
+
 def test_waits_for_interval_and_evidence(tmp_path: Path):
     clock = Clock()
     control = controller(tmp_path / "s.db", clock)

@@ -144,24 +144,38 @@ def test_one_wrong_label_does_not_stop_learning():
     assert weights["good-v1"] > 0.9  # still learning whom to trust
 
 
-def test_a_wrong_label_among_the_first_leaves_no_trace_in_the_scale():
-    """Before 30 labels have set the scale, the median and MAD of those in bound the next; at the
-    30th the scale is built again from them, so even the third label being wrong is forgotten."""
+@pytest.mark.parametrize("wrong_at", [0, 2, 12])
+def test_a_wrong_label_among_the_first_leaves_no_trace(wrong_at: int):
+    """Nothing is learned from the first labels until five are in, each then bounded by the median
+    and MAD of all five; later ones by those of the labels so far; at the 30th the scale is built
+    again from them. So even the first label being wrong (3.4e38) is forgotten."""
     members = {"good-v1": 0.1, "poor-v1": 1.0}
     rng = np.random.default_rng(5)
 
     def labels(n: int) -> list:
         return [({m: y + rng.normal(0, s) for m, s in members.items()}, y) for y in rng.normal(0, 1, n)]
 
-    for wrong_at in (2, 12):
-        book = TrustBook(TrustSpec(), priors=dict.fromkeys(members, 1.0))
+    for policy in ("hedge", "inverse_error"):
+        book = TrustBook(TrustSpec(policy=policy), priors=dict.fromkeys(members, 1.0))
         book.update(labels(wrong_at))
         book.update([({m: 0.0 for m in members}, 3.4e38)])
         book.update(labels(300))
-        assert 0.5 < book.scale.variance < 2.0, (wrong_at, book.scale)
-        assert book.weights()["good-v1"] > 0.9, wrong_at
-        if wrong_at > 5:  # bounded as it came, so the members' error statistics never saw it
-            assert book.stats["good-v1"].recent() < 1.0
+        assert 0.5 < book.scale.variance < 2.0, book.scale
+        assert book.stats["good-v1"].recent() < 1.0, policy  # bounded to ten deviations, decaying
+        assert book.weights()["good-v1"] > (0.9 if policy == "hedge" else 0.6), policy
+
+
+def test_the_first_labels_held_survive_a_restart_and_a_state_past_them_reads_as_before():
+    book = TrustBook(TrustSpec(), priors={"a-v1": 1.0})
+    book.update([({"a-v1": 0.0}, 1.0)] * 3)
+    assert book.stats["a-v1"].labels == 0 and len(book.state()["held"]) == 3
+    again = TrustBook(TrustSpec(), priors={"a-v1": 1.0})
+    again.restore(book.state())
+    again.update([({"a-v1": 0.0}, 1.0)] * 2)
+    assert again.stats["a-v1"].labels == 5 and "held" not in again.state()
+    again.update([({"a-v1": 0.0}, 1.0)] * 25)
+    state = again.state()
+    assert set(state) == {"stats", "scale"} and set(state["scale"]) == {"count", "mean", "m2"}  # as releases before
 
 
 def test_a_member_off_by_exactly_a_constant_is_flagged_for_bias():
