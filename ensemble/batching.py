@@ -3,7 +3,9 @@
 A fixed batching window (wait N ms for company) taxes every request at low load. Here a call
 starts as soon as a slot is free; requests that arrive while `max_in_flight` calls are busy
 queue up and leave together in the next call. The batch therefore grows with load by itself,
-and a lone request pays no wait (Clipper's adaptive batching without the timer).
+and a lone request pays no wait (Clipper's adaptive batching without the timer). A call takes
+its rows when it starts, in the event loop's next turn, not when a slot was given to it: the
+requests that one turn reads from many connections go in one call, not the first alone.
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ class CoalescingBatcher:
         self._timeout_s = timeout_s
         self._queue: deque[tuple[np.ndarray, RowsWaiter, int]] = deque()
         self._running: list[float] = []  # start times of the calls in flight, oldest first
+        self._starting = 0  # calls scheduled that have not taken their batch yet
         self._last_call_s = 0.0
 
     @property
@@ -101,27 +104,30 @@ class CoalescingBatcher:
         self._start_calls()
 
     def _start_calls(self) -> None:
-        while len(self._running) < self._max_in_flight * max(1, self._replicas()):
-            # Rows whose caller stopped waiting (past its deadline) are not sent.
-            while self._queue and not self._queue[0][1].wanted():
-                self._queue.popleft()
-            if not self._queue:
-                return
+        while len(self._running) < self._max_in_flight * max(1, self._replicas()) and len(self._queue) > self._starting:
             started = time.perf_counter()
             self._running.append(started)
-            asyncio.get_running_loop().create_task(self._run(self._take_batch(), started))
+            self._starting += 1
+            asyncio.get_running_loop().create_task(self._run(started))
 
-    def _take_batch(self) -> list[tuple[np.ndarray, RowsWaiter, int]]:
-        batch = [self._queue.popleft()]
-        rows = len(batch[0][0])
-        while self._queue and rows + len(self._queue[0][0]) <= self._max_rows:
+    def _take_batch(self, share: int) -> list[tuple[np.ndarray, RowsWaiter, int]]:
+        """Up to 1/`share` of the queue's entries (`share` calls start now), at most `max_rows` rows."""
+        most = -(-len(self._queue) // share)
+        batch, rows = [], 0
+        while self._queue and len(batch) < most and (not batch or rows + len(self._queue[0][0]) <= self._max_rows):
             entry = self._queue.popleft()
+            # Rows whose caller stopped waiting (past its deadline) are not sent.
             if entry[1].wanted():
                 rows += len(entry[0])
                 batch.append(entry)
         return batch
 
-    async def _run(self, batch: list[tuple[np.ndarray, RowsWaiter, int]], started: float) -> None:
+    async def _run(self, started: float) -> None:
+        self._starting -= 1
+        batch = self._take_batch(self._starting + 1)
+        if not batch:  # every row queued was given up on meanwhile
+            self._running.remove(started)
+            return
         try:
             inputs = batch[0][0] if len(batch) == 1 else np.concatenate([rows for rows, _, _ in batch])
             async with asyncio.timeout(self._timeout_s):  # unlike wait_for, no extra task per call

@@ -37,16 +37,28 @@ def test_lone_request_goes_at_once_and_results_map_back():
     np.testing.assert_allclose(out, [2, 2, 2])
 
 
-def test_requests_queued_during_a_call_leave_together_in_order():
+def test_requests_of_one_turn_and_those_queued_during_a_call_leave_together_in_order():
     async def scenario():
         model = RecordingModel(delay_s=0.01)
         batcher = CoalescingBatcher(model, max_rows=64, max_in_flight=1, timeout_s=1.0)
         futures = [batcher.submit(np.full((1, 2), i, dtype=float)) for i in range(10)]
+        await asyncio.sleep(0)  # the call starts with all ten
+        futures += [batcher.submit(np.full((1, 2), i, dtype=float)) for i in range(10, 13)]
         return model.calls, [float(f[0]) for f in await asyncio.gather(*futures)]
 
     calls, outs = run(scenario())
-    assert calls == [1, 9]
-    assert outs == [2.0 * i for i in range(10)]
+    assert calls == [10, 3]
+    assert outs == [2.0 * i for i in range(13)]
+
+
+def test_calls_that_start_together_share_the_queue():
+    async def scenario():
+        model = RecordingModel(delay_s=0.01)
+        batcher = CoalescingBatcher(model, max_rows=64, max_in_flight=2, timeout_s=1.0)
+        await asyncio.gather(*[batcher.submit(np.ones((1, 2))) for _ in range(9)])
+        return sorted(model.calls)
+
+    assert run(scenario()) == [4, 5]
 
 
 def test_max_rows_caps_a_call():
@@ -56,7 +68,7 @@ def test_max_rows_caps_a_call():
         await asyncio.gather(*[batcher.submit(np.ones((1, 2))) for _ in range(9)])
         return model.calls
 
-    assert run(scenario()) == [1, 4, 4]
+    assert run(scenario()) == [4, 4, 1]
 
 
 def test_failure_reaches_every_caller_of_that_batch_only():

@@ -169,6 +169,7 @@ def test_rows_whose_caller_gave_up_are_not_sent():
 
         batcher = CoalescingBatcher(call, max_rows=64, max_in_flight=1, timeout_s=1.0)
         first = batcher.submit(np.zeros((2, 1)))
+        await asyncio.sleep(0)  # its call starts; the next two queue behind it
         abandoned = batcher.submit(np.zeros((3, 1)))
         kept = batcher.submit(np.zeros((4, 1)))
         abandoned.cancel()
