@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
@@ -102,9 +102,7 @@ class Ledger:
         for rid, created, members in rows:
             self._recent[rid] = (created, members)
             self._recent.move_to_end(rid)
-        logged = {rid: self._recent[rid] for rid, _, _ in shadow_rows if rid in self._recent}
-        logged.update(self.store.logged_predictions(
-            (rid for rid, _, _ in shadow_rows if rid not in logged), self.clock() - self.spec.max_age_s))
+        logged = self._predictions_of((rid for rid, _, _ in shadow_rows), self.clock())
         merged = []
         for rid, _, members in shadow_rows:
             if rid in logged:
@@ -144,9 +142,7 @@ class Ledger:
                 fresh[rid] = actual
         seen = self.store.known_labels(fresh)
         report.duplicate += len(seen)
-        logged = {rid: self._recent[rid] for rid in fresh if rid in self._recent}
-        logged.update(self.store.logged_predictions(
-            (rid for rid in fresh if rid not in logged and rid not in seen), now - self.spec.max_age_s))
+        logged = self._predictions_of((rid for rid in fresh if rid not in seen), now)
         joined, rows = [], []
         with self._all_or_nothing():
             for rid, actual in fresh.items():
@@ -227,9 +223,7 @@ class Ledger:
         due = [rid for rid, (_, at) in self._pending.items() if now - at > self.spec.join_grace_s]
         if not due:
             return {}, [], FeedbackReport()
-        logged = {rid: self._recent[rid] for rid in due if rid in self._recent}
-        logged.update(self.store.logged_predictions((rid for rid in due if rid not in logged),
-                                                    now - self.spec.max_age_s))
+        logged = self._predictions_of(due, now)
         changes, late = {}, []
         for rid in due:
             actual, _ = self._pending.pop(rid)
@@ -238,6 +232,15 @@ class Ledger:
             changes[rid] = "applied" if rid in logged else "unknown"
         unknown = len(due) - len(late)
         return changes, late, FeedbackReport(applied=len(late), pending=-len(due), unknown=unknown)
+
+    def _predictions_of(self, request_ids: Iterable[str], now: float) -> dict[str, tuple[float, dict[str, float]]]:
+        """When and what the members predicted, for those of `request_ids` whose prediction is
+        logged and still joinable: from memory, else read from the store."""
+        oldest_allowed = now - self.spec.max_age_s
+        ids = list(request_ids)
+        found = {rid: self._recent[rid] for rid in ids if rid in self._recent and self._recent[rid][0] >= oldest_allowed}
+        found.update(self.store.logged_predictions((rid for rid in ids if rid not in found), oldest_allowed))
+        return found
 
     def _evict(self) -> None:
         oldest_allowed = self.clock() - self.spec.max_age_s
