@@ -10,6 +10,7 @@ learning rate means the same thing whatever the units of the target.
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Iterable, Mapping
@@ -47,6 +48,7 @@ class TrustSpec(StrictModel):
     drift: DriftSpec = Field(default_factory=DriftSpec, description="Drift detection.")
 
 
+@functools.cache  # asked for each label
 def _decay(window: int) -> float:
     """Per-label decay of an exponential average whose half-life is window/2 labels."""
     return 0.5 ** (2.0 / window)
