@@ -54,7 +54,7 @@ class RolloutPlan(StrictModel):
     def _steps(self) -> RolloutPlan:
         if any(not 0 < s <= 100 for s in self.steps) or any(a >= b for a, b in zip(self.steps, self.steps[1:])):
             raise ValueError("steps must be increasing percentages in (0, 100]")
-        if self.steps[-1] != 100:
+        if not self.steps or self.steps[-1] != 100:
             raise ValueError("the last step must be 100 (the canary takes all traffic before promotion)")
         if len(self.steps) < 2:  # at 100% from the start the stable version serves nothing to compare
             raise ValueError("steps need one below 100 first: the MSE gate compares the canary with the stable "

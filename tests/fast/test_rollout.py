@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from ensemble.admin import admin_token, authorise
 from ensemble.ledger import Ledger, LedgerSpec
@@ -323,6 +324,8 @@ def test_plan_validation():
         RolloutPlan(canary="v2", steps=[50, 25, 100])
     with pytest.raises(ValueError, match="last step must be 100"):
         RolloutPlan(canary="v2", steps=[5, 50])
+    with pytest.raises(ValidationError, match="last step must be 100"):  # a plain error here was a 500
+        RolloutPlan(canary="v2", steps=[])
     with pytest.raises(ValueError, match="one below 100 first"):  # its MSE gate would wait for ever
         RolloutPlan(canary="v2", steps=[100])
 
