@@ -1,8 +1,11 @@
 """The ensemble over real HTTP on a real local Ray Serve."""
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import json
 import os
+import random
 from pathlib import Path
 
 import httpx
@@ -16,7 +19,7 @@ from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from models.data import sample_windows
 from tests.serve.faulty import FaultyMember
-from tests.serve.conftest import DEPLOYED, MEMBERS, wait_until
+from tests.serve.conftest import ADMIN, DEPLOYED, MEMBERS, wait_until
 
 WINDOWS = sample_windows(8, seed=11)
 
@@ -125,6 +128,55 @@ def test_bad_requests_do_not_disturb_good_ones(client: httpx.Client):
     bad = [c for i, c in enumerate(codes) if not i % 2]
     assert good == [200] * 32
     assert all(400 <= c < 500 for c in bad)
+
+
+# Values a mutated body puts where a valid one had its own: every JSON type, and the edges of each.
+ODD_VALUES = [None, True, 0, -1, 2**63, 1e308, -0.0, 1e-320, 10**400, "", "x", "\u0000", "v1", "NaN", [], [[]], [None],
+              {}, {"a": 1}, [1.0] * 200]
+
+
+def mutated(value: object, rng: random.Random) -> object:
+    """`value` with some of its parts, at any depth, replaced, dropped, repeated or added."""
+    if rng.random() < 0.15:
+        return rng.choice(ODD_VALUES)
+    if isinstance(value, dict):
+        value = {k: mutated(v, rng) if rng.random() < 0.3 else v for k, v in value.items() if rng.random() > 0.1}
+        if rng.random() < 0.2:
+            value[rng.choice(["window", "instances", "items", "steps", "split", "canary", "actual", "extra"])] = (
+                rng.choice(ODD_VALUES))
+        return value
+    if isinstance(value, list) and value:
+        value = [mutated(v, rng) if rng.random() < 0.05 else v for v in value]
+        return rng.choice([value, value[: rng.randrange(len(value))], value + value[:3]])
+    return value
+
+
+def test_mutated_requests_are_never_5xx(client: httpx.Client):
+    """Seeded mutations of valid bodies to every route that reads one. Admin changes name a
+    member that does not exist, so the bodies are checked and nothing is changed; labels name
+    predictions that do not exist."""
+    rng = random.Random(5)
+    valid = {
+        "/v1/predict": lambda: rng.choice([{"window": window(rng.randrange(8)), "key": "k"},
+                                           {"instances": [window(1), {"window": window(2), "request_id": "r"}]}]),
+        "/v1/feedback": lambda: rng.choice([{"request_id": "fuzz-label", "actual": 0.5},
+                                            {"items": [{"request_id": f"fuzz-label-{i}", "actual": 0.1} for i in range(3)]}]),
+        "/v1/admin/rollouts/fuzz-nobody": lambda: {"canary": "v2", "steps": [5, 50, 100], "interval_s": 60,
+                                                   "min_requests": 10, "error_tolerance": 0.1, "stable": "v1"},
+        "/v1/admin/traffic/fuzz-nobody": lambda: {"split": {"v1": 0.9, "v2": 0.1}, "shadow": {"v2": 0.05}},
+    }
+    statuses = collections.Counter()
+    for i in range(400):
+        path = rng.choice(list(valid))
+        body = json.dumps(mutated(valid[path](), rng)).encode()
+        if i % 10 == 0:
+            body = body[: rng.randrange(len(body))]
+        method = client.put if "traffic" in path else client.post
+        response = method(path, content=body, headers={"content-type": "application/json", **ADMIN})
+        assert response.status_code < 500, (path, body[:300], response.text)
+        statuses["unknown member" if "unknown member" in response.text else response.status_code] += 1
+    # Bodies valid (admin ones then refused for their member) and invalid, each many times.
+    assert min(statuses[200], statuses[422], statuses["unknown member"]) > 20, statuses
 
 
 def test_members_endpoint_reports_manifests(client: httpx.Client):
