@@ -37,7 +37,8 @@ class LedgerSpec(StrictModel):
 
     max_predictions: int = Field(
         1_000_000, ge=100,
-        description="Most predictions kept in the state store for joining late labels (enforced once a minute).",
+        description="Most predictions kept in the state store for joining late labels (enforced once a minute); "
+        "the labels of those dropped go an hour later.",
     )
     max_age_s: float = Field(7 * 24 * 3600, gt=0, description="Seconds a prediction stays joinable.")
     join_grace_s: float = Field(
@@ -209,9 +210,8 @@ class Ledger:
                 self._save(FeedbackReport(), [], changes, learned=bool(late), others=settled)
         # A label may come before its prediction (within the grace) and a router's clock may run
         # ahead of this one: a label goes only once no prediction it could join is left.
-        labels_before = now - self.spec.max_age_s - self.spec.join_grace_s - CLOCK_SKEW_S
         capping = now - self._capped_at >= COUNT_CAP_EVERY_S
-        self._logged -= self.store.prune(now - self.spec.max_age_s, labels_before,
+        self._logged -= self.store.prune(now - self.spec.max_age_s, self.spec.join_grace_s + CLOCK_SKEW_S,
                                          self.spec.max_predictions if capping else None)
         if capping:
             self._capped_at = now

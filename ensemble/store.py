@@ -167,26 +167,32 @@ class StateStore:
         return [(r.request_id, r.created_at, r.members) for r in reversed(rows)]
 
     @_store_errors
-    def prune(self, predictions_before: float, labels_before: float, keep: int | None) -> int:
-        """Drop predictions created before `predictions_before` and labels received before
-        `labels_before`, then, unless `keep` is None, all but the newest `keep` predictions and
-        `keep` unknown labels (those joined nothing, so none is learned twice); the totals keep
+    def prune(self, predictions_before: float, label_margin_s: float, keep: int | None) -> int:
+        """Drop predictions created before `predictions_before`, then, unless `keep` is None, all
+        but the newest `keep`; then the labels received `label_margin_s` before the oldest
+        prediction left could have been made (none of them could still join one), and all but
+        `keep` unknown labels (those joined nothing, so none is learned twice). The totals keep
         what was counted. The ages use their indexes; the counts cost a scan of each table.
         Returns how many predictions went."""
         unknown = labels.c.status == "unknown"
         with self.engine.begin() as conn:
             dropped = conn.execute(delete(predictions).where(predictions.c.created_at < predictions_before)).rowcount
-            conn.execute(delete(labels).where(labels.c.received_at < labels_before))
-            if keep is None:
-                return dropped
-            for table, at, which in ((predictions, predictions.c.created_at, true()),
-                                     (labels, labels.c.received_at, unknown)):
-                count = conn.execute(select(func.count()).select_from(table).where(which)).scalar_one()
-                if count > keep:
-                    cutoff = conn.execute(select(at).where(which).order_by(at.desc()).offset(keep).limit(1)).scalar_one()
-                    gone = conn.execute(delete(table).where(which, at <= cutoff)).rowcount
-                    dropped += gone if table is predictions else 0
+            if keep is not None and (cutoff := self._newest_beyond(conn, predictions.c.created_at, true(), keep)):
+                dropped += conn.execute(delete(predictions).where(predictions.c.created_at <= cutoff)).rowcount
+                predictions_before = max(predictions_before, cutoff)
+            conn.execute(delete(labels).where(labels.c.received_at < predictions_before - label_margin_s))
+            if keep is not None and (cutoff := self._newest_beyond(conn, labels.c.received_at, unknown, keep)):
+                conn.execute(delete(labels).where(unknown, labels.c.received_at <= cutoff))
         return dropped
+
+    @staticmethod
+    def _newest_beyond(conn: Any, at: Any, which: Any, keep: int) -> float | None:
+        """The time `at` of the newest row of `which` beyond the newest `keep`; None if there are
+        no more than `keep`."""
+        table = at.table
+        if conn.execute(select(func.count()).select_from(table).where(which)).scalar_one() <= keep:
+            return None
+        return conn.execute(select(at).where(which).order_by(at.desc()).offset(keep).limit(1)).scalar_one()
 
     # -- labels and learned state -------------------------------------------------------
     @_store_errors

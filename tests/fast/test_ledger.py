@@ -103,6 +103,26 @@ def test_labels_are_bounded_by_age_and_the_unknown_ones_by_count(tmp_path: Path)
     assert book.store.label_counts() == {} and book.totals.unknown == 150
 
 
+def test_labels_go_with_the_predictions_the_count_cap_dropped(tmp_path: Path):
+    """Under the count cap, and not only after max_age_s (a week by default): at a steady label
+    rate the labels table would otherwise hold a week of them, whatever max_predictions says."""
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, max_predictions=100, join_grace_s=5)
+    book.record([(f"old{i}", clock.now, {"a-v1": 0.0}) for i in range(100)])
+    book.feedback([(f"old{i}", 1.0) for i in range(100)])
+    clock.now += CLOCK_SKEW_S + 10
+    book.record([(f"mid{i}", clock.now, {"a-v1": 0.0}) for i in range(100)])
+    book.record([(f"new{i}", clock.now + 1, {"a-v1": 0.0}) for i in range(100)])
+    book.feedback([("mid0", 1.0), ("new0", 1.0)])
+    book.expire()  # the cap keeps the newest 100 predictions
+    # The old labels are older than any kept prediction could have been made, however early a
+    # label comes or fast a router's clock runs; mid0's label stays within that margin.
+    assert book.store.label_counts() == {"applied": 2}
+    assert book.feedback([("new0", 1.0)]).duplicate == 1
+    # Its prediction went: it waits its grace for one, then counts as unknown. Nothing is learned twice.
+    assert book.feedback([("old0", 1.0)]).pending == 1
+
+
 def test_the_count_caps_are_applied_at_once_then_once_a_minute(tmp_path: Path):
     """Counting scans both tables, so the caps wait a minute between runs; the ages do not."""
     clock = Clock()
