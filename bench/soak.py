@@ -40,11 +40,14 @@ ROLES = (("router", "EnsembleRouter"), ("control plane", "ControlPlane"), ("memb
          ("haproxy", "haproxy"))
 
 
-def soak_graph(max_predictions: int, directory: Path) -> Path:
-    """The YAML graph with the prediction log capped at `max_predictions`."""
+def soak_graph(max_predictions: int, directory: Path, model_root: str | None = None) -> Path:
+    """The YAML graph with the prediction log capped at `max_predictions`, its models from
+    `model_root` if given."""
     config = yaml.safe_load(DEFAULT_GRAPH.read_text())
     ensemble = next(app for app in config["applications"] if app["route_prefix"] == "/")
     ensemble["args"]["ledger"] = {**ensemble["args"].get("ledger", {}), "max_predictions": max_predictions}
+    for app in config["applications"] if model_root else ():
+        app["args"]["model_root"] = model_root
     path = directory / "soak.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -130,7 +133,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         script = directory / "predict.lua"
         script.write_text(lua_script(bodies))
         server = ray_server("soak", "ensemble", directory / "logs", "throughput+haproxy",
-                            ["--graph", str(soak_graph(opts.max_predictions, directory))])
+                            ["--graph", str(soak_graph(opts.max_predictions, directory, opts.model_root))])
         server.env["BENCH_STATE_DIR"] = str(directory / "state")
         windows: list[dict[str, Any]] = []
         server.start()
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--max-predictions", type=int, default=200_000, help="the prediction log's cap for the run")
     parser.add_argument("--labelled-per-s", type=float, default=100.0, help="predictions a second that get labels")
+    parser.add_argument("--model-root", help="the models' repository (default: the YAML's, model_repo)")
     parser.add_argument("--out", default=str(RESULTS / "soak.json"), help="where the results go")
     opts = parser.parse_args(argv)
     results = run(opts)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from bench.apps.graph_args import yaml_args
 from bench.servers import REPO
@@ -17,6 +18,8 @@ def test_soak_graph_caps_the_prediction_log_and_keeps_the_rest(tmp_path: Path) -
     args = yaml_args(soak_graph(1234, tmp_path))
     assert args["ledger"]["max_predictions"] == 1234
     assert {k: v for k, v in args.items() if k != "ledger"} == {k: v for k, v in yaml_args().items() if k != "ledger"}
+    elsewhere = yaml.safe_load(soak_graph(1234, tmp_path, "/models").read_text())["applications"]
+    assert {app["args"]["model_root"] for app in elsewhere} == {"/models"}
 
 
 def test_growth_is_the_slope_of_the_second_half() -> None:
@@ -29,14 +32,15 @@ def test_growth_is_the_slope_of_the_second_half() -> None:
 
 
 @pytest.mark.serve
-def test_soak_runs_windows_with_labels_and_leaves_nothing_running(tmp_path: Path) -> None:
+def test_soak_runs_windows_with_labels_and_leaves_nothing_running(tmp_path: Path, tiny_repo: Path) -> None:
     try:
         ensure_wrk()
     except WrkMissing as exc:
         pytest.skip(str(exc))
     out = tmp_path / "soak.json"
     done = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "0.1", "--window-s", "3",
-                           "--connections", "4", "--max-predictions", "1000", "--out", str(out)],
+                           "--connections", "4", "--max-predictions", "1000", "--model-root", str(tiny_repo),
+                           "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
