@@ -19,11 +19,11 @@ from bench.wrk import make_bodies
 from ensemble.config import MemberVersionSpec, RouterSpec, deployment_name
 from ensemble.fanout import EnsemblePredictor
 from ensemble.validation import Limits, parse_predict
-from models.data import N_FEATURES, WINDOW
+from models.data import FEATURES, N_FEATURES, WINDOW
 
 MEMBERS = 5  # as in graphs/ensemble.yaml
 ROUTER = RouterSpec()  # the router's default limits, as the graphs use them
-LIMITS = Limits(WINDOW, N_FEATURES, ROUTER.max_rows, ROUTER.max_instances, ROUTER.max_body_bytes)
+LIMITS = Limits(WINDOW, N_FEATURES, ROUTER.max_rows, ROUTER.max_instances, ROUTER.max_body_bytes, FEATURES)
 
 
 async def instant_member(windows: np.ndarray) -> np.ndarray:

@@ -253,7 +253,7 @@ async def chosen_channel(handle: DeploymentHandle, node_id: str | None) -> Endpo
 @serve.ingress(app)
 class EnsembleRouter:
     async def __init__(self, args: dict[str, Any], members: dict[str, dict[str, DeploymentHandle | str]],
-                       contract: dict[str, int], control: DeploymentHandle) -> None:
+                       contract: dict[str, Any], control: DeploymentHandle) -> None:
         self.args = GraphArgs.model_validate(args)
         self.control = control
         router = self.args.router
@@ -288,7 +288,7 @@ class EnsembleRouter:
                     self._predict[model][version] = direct.predict
                     replicas[(model, version)] = direct.replicas
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
-                             router.max_instances, router.max_body_bytes)
+                             router.max_instances, router.max_body_bytes, tuple(contract["features"]))
         # The priors and the config's traffic serve until the control plane's first answer.
         self.weights = {
             deployment_name(model, version): spec.prior

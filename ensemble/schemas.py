@@ -15,7 +15,7 @@ Window = list[list[float]]
 
 
 class PredictInstance(StrictModel):
-    window: Window = Field(description="Rows of 8 features (close, high, low, volume, volatility, rsi, macd, momentum), oldest first; at least T rows, the last T are used.")
+    window: Window = Field(description="Rows of 8 features (close, high, low, volume, volatility, rsi, macd, momentum), oldest first; at least T rows, the last T are used. Prices above 0, volume 0 or more.")
     key: str | None = Field(None, description="Routing key: the same key reaches the same version of each member while the split is unchanged.")
     request_id: str | None = Field(None, description="Caller's id for this prediction, used to send feedback later; generated when absent.")
 

@@ -32,6 +32,13 @@ class RequestError(Exception):
         self.message = message
 
 
+# What a window of market data cannot hold otherwise, by feature name: prices above zero, volume
+# not below. Beyond them the nets' scale-free inputs blow up (a log of a clamped price): a window
+# of random numbers made N-HiTS predict a return of 341,273 and the ensemble one of 68,255.
+ABOVE_ZERO = frozenset({"close", "high", "low"})
+NOT_BELOW_ZERO = frozenset({"volume"})
+
+
 @dataclass(frozen=True)
 class Limits:
     window: int
@@ -39,6 +46,32 @@ class Limits:
     max_rows: int
     max_instances: int
     max_body_bytes: int
+    features: tuple[str, ...] = ()  # column names; those in ABOVE_ZERO and NOT_BELOW_ZERO are checked
+
+    def __post_init__(self) -> None:
+        # One comparison per request: each value must be above its column's floor, which is 0 for
+        # a price, the largest float32 below 0 for volume (so 0 passes), and -inf for the rest.
+        floor = np.full(self.n_features, -np.inf, dtype=np.float32)
+        for i, name in enumerate(self.features):
+            if name in ABOVE_ZERO:
+                floor[i] = 0.0
+            elif name in NOT_BELOW_ZERO:
+                floor[i] = np.nextafter(np.float32(0), np.float32(-1))
+        object.__setattr__(self, "_floor", floor)
+
+    def in_domain(self, window: np.ndarray) -> bool:
+        """Whether every row of finite float32 `window` [rows, F] holds prices above zero and
+        volume not below."""
+        return bool((window > self._floor).all())
+
+    def out_of_domain(self, window: np.ndarray, field: str) -> str:
+        """Name the first value of `window` that `in_domain` refuses (errors only)."""
+        for r, row in enumerate(window):
+            for c, name in enumerate(self.features):
+                if (name in ABOVE_ZERO and not row[c] > 0) or (name in NOT_BELOW_ZERO and not row[c] >= 0):
+                    bound = "above 0" if name in ABOVE_ZERO else "0 or more"
+                    return f"{field}[{r}][{c}]: {name} must be {bound}, got {float(row[c])!r}"
+        return f"{field}: out of its features' domain"
 
 
 @dataclass
@@ -116,6 +149,8 @@ def parse_window(window: Any, field: str, limits: Limits) -> np.ndarray:
     array = _finite_float32(array)
     if array is None:
         raise RequestError(422, _locate_bad_value(window, field, limits.n_features))
+    if not limits.in_domain(array):
+        raise RequestError(422, limits.out_of_domain(array, field))
     return array[-limits.window :]
 
 
@@ -217,12 +252,12 @@ def _parse_usual(body: bytes, limits: Limits) -> PredictInput | None:
         windows = [_finite_float32(np.frombuffer(window.as_buffer(of_type="d"), np.float64)) for window, _, _ in parts]
     except _SIMDJSON_ERRORS:
         return None
-    if any(window is None for window in windows):
+    shape = (-1, limits.n_features)
+    if any(window is None or not limits.in_domain(window.reshape(shape)) for window in windows):
         return None
     request_ids = [request_id or new_request_id() for _, request_id, _ in parts]
     if len(set(request_ids)) != len(request_ids):
         return None
-    shape = (-1, limits.n_features)
     stacked = np.stack([window.reshape(shape)[-limits.window :] for window in windows])
     return PredictInput(stacked, request_ids, [key for _, _, key in parts], single=names != ["instances"])
 

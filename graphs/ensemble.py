@@ -60,18 +60,19 @@ def build_member(args: MemberAppArgs) -> Application:
     return _member(args.model_root, args.model, args.version, args)
 
 
-def input_contract(args: GraphArgs) -> dict[str, int]:
-    """The (T, F) every member agrees on, read from the manifests; a disagreement is a deploy error."""
+def input_contract(args: GraphArgs) -> dict[str, Any]:
+    """The window length, feature count and feature names every member agrees on, read from the
+    manifests; a disagreement (another column order too) is a deploy error."""
     contracts = {}
     for model, spec in args.members.items():
         for version in spec.versions:
-            manifest = read_manifest(args.model_root, model, version)
-            contracts[deployment_name(model, version)] = (manifest.input.window, manifest.input.n_features)
+            contract = read_manifest(args.model_root, model, version).input
+            contracts[deployment_name(model, version)] = (contract.window, contract.n_features, tuple(contract.features))
     distinct = set(contracts.values())
     if len(distinct) != 1:
-        raise ValueError(f"members disagree on the input contract (window, features): {contracts}")
-    window, n_features = distinct.pop()
-    return {"window": window, "n_features": n_features}
+        raise ValueError(f"members disagree on the input contract (window, features, their names): {contracts}")
+    window, n_features, features = distinct.pop()
+    return {"window": window, "n_features": n_features, "features": list(features)}
 
 
 def build_app(args: GraphArgs) -> Application:

@@ -1,6 +1,8 @@
 """Every Serve YAML is valid for Ray and for our builder; cluster.yaml passes Ray's validation."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,9 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 from ensemble.config import ENSEMBLE_IMPORT_PATH, MEMBER_IMPORT_PATH, GraphArgs, single_application
-from graphs.ensemble import build_app, build_member
+from graphs.ensemble import build_app, build_member, input_contract
+from models.data import FEATURES, N_FEATURES, WINDOW
+from models.repository import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
@@ -170,3 +174,19 @@ def test_deploying_any_graph_onto_another_fits_two_cpus(start: str, target: str)
     before, old_ensemble = _logical_cpus(ROOT / "graphs" / start)
     after, new_ensemble = _logical_cpus(ROOT / "graphs" / target)
     assert round(sum({**before, **after}.values()) + old_ensemble + new_ensemble, 6) <= 2.0
+
+
+def test_members_must_agree_on_the_feature_names_too(tiny_repo: Path, tmp_path: Path):
+    """The router checks each window against the names (a price above zero): every member must
+    read the same columns, in the same order."""
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_repo, root)
+    args = GraphArgs.model_validate({**single_application(yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text()))
+                                     .model_dump(exclude_unset=True), "model_root": str(root)})
+    assert input_contract(args) == {"window": WINDOW, "n_features": N_FEATURES, "features": list(FEATURES)}
+    manifest = root / "lstm" / "v1" / MANIFEST
+    swapped = json.loads(manifest.read_text())
+    swapped["input"]["features"][:2] = swapped["input"]["features"][1::-1]  # high, close, ...
+    manifest.write_text(json.dumps(swapped))
+    with pytest.raises(ValueError, match="members disagree on the input contract"):
+        input_contract(args)

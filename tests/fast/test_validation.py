@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from ensemble.validation import Limits, RequestError, parse_model, parse_predict
+from models.data import CLOSE, FEATURES, HIGH, LOW, VOLUME, sample_windows
 
 T, F = 128, 8
 LIMITS = Limits(window=T, n_features=F, max_rows=300, max_instances=4, max_body_bytes=2_000_000)
@@ -95,6 +96,39 @@ def test_nan_inside_numbers_is_rejected():
     # NaN cannot be written in JSON; a huge exponent is the way infinity sneaks in.
     error = rejected(b'{"window": [' + b",".join([b"[1e308,1,1,1,1,1,1,1]"] * T) + b"]}")
     assert error.status == 422 and "window[0][0]" in error.message
+
+
+MARKET = Limits(T, F, 300, 4, 2_000_000, FEATURES)
+
+
+def market_window(rows: int = T) -> list[list[float]]:
+    """Rows of market data (positive prices and volume); past T, two windows end to end."""
+    return np.concatenate(sample_windows(2, seed=4))[-rows:].tolist()
+
+
+def with_value(w: list[list[float]], row: int, column: int, value: float) -> list[list[float]]:
+    w = [list(r) for r in w]
+    w[row][column] = value
+    return w
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"window": with_value(market_window(), 127, CLOSE, -0.5)}, "window[127][0]: close must be above 0, got -0.5"),
+    ({"window": with_value(market_window(T + 2), 0, LOW, 0.0)}, "window[0][2]: low must be above 0, got 0.0"),
+    ({"window": with_value(market_window(), 9, VOLUME, -1.0)}, "window[9][3]: volume must be 0 or more, got -1.0"),
+    ({"instances": [market_window(), {"window": with_value(market_window(), 3, HIGH, -2.0)}]},
+     "instances[1].window[3][1]: high must be above 0, got -2.0"),
+])
+def test_prices_at_or_below_zero_and_negative_volume_are_422_naming_the_value(payload, message):
+    error = rejected(body(payload), MARKET)
+    assert (error.status, error.message) == (422, message)
+
+
+def test_a_market_window_passes_the_domain_and_zero_volume_is_volume():
+    w = with_value(market_window(), 5, VOLUME, 0.0)
+    assert parse_predict(body({"window": w}), MARKET).windows.shape == (1, T, F)
+    # Without feature names (a contract that gives none) nothing is checked beyond finiteness.
+    assert parse_predict(body({"window": with_value(w, 0, CLOSE, -1.0)}), LIMITS).windows.shape == (1, T, F)
 
 
 def same_input(a, b) -> None:

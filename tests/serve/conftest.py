@@ -18,6 +18,7 @@ from deployments.model import ModelDeployment
 from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from graphs.ensemble import build_app
+from models.data import FEATURES, N_FEATURES, WINDOW
 from tests.serve.faulty import FaultyMember, SyntheticMember
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
@@ -27,6 +28,7 @@ SMALL = {"num_cpus": 0.1}
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SYNTHETIC = {"v1": 0.0, "v2": 0.0, "v3": 0.1}  # version -> bias: v2 is as good as v1, v3 is off
+CONTRACT = {"window": WINDOW, "n_features": N_FEATURES, "features": list(FEATURES)}  # the routers' without manifests
 
 
 @dataclass
@@ -84,7 +86,7 @@ def faulty_app(model_root: Path, state_url: str):
     # No admin token in this router's environment: its admin API must be disabled.
     options = {**SMALL, "runtime_env": {"env_vars": {"ENSEMBLE_ADMIN_TOKEN": ""}}}
     return EnsembleRouter.options(name="FaultyRouter", ray_actor_options=options).bind(
-        config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config)
+        config, members, CONTRACT, ControlPlane.bind(config)
     )
 
 
@@ -101,7 +103,7 @@ def synthetic_app(state_url: str):
                        for v, bias in SYNTHETIC.items()}}
     config = args.model_dump(mode="json")
     return EnsembleRouter.options(name="SyntheticRouter", ray_actor_options=SMALL).bind(
-        config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config)
+        config, members, CONTRACT, ControlPlane.bind(config)
     )
 
 

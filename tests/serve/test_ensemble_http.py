@@ -19,7 +19,7 @@ from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from models.data import sample_windows
 from tests.serve.faulty import FaultyMember
-from tests.serve.conftest import ADMIN, DEPLOYED, MEMBERS, wait_until
+from tests.serve.conftest import ADMIN, CONTRACT, DEPLOYED, MEMBERS, wait_until
 
 WINDOWS = sample_windows(8, seed=11)
 
@@ -83,6 +83,7 @@ BAD = [
     ({"window": [window()[0]] * 5000}, 413, "exceeds the limit"),
     ({"instances": [window()] * 17}, 413, "instances: 17"),
     ({"window": window(), "surprise": True}, 422, "surprise"),
+    ({"window": window()[:-1] + [[-1.0, *window()[-1][1:]]]}, 422, "window[127][0]: close must be above 0, got -1.0"),
 ]
 
 
@@ -218,7 +219,7 @@ def test_no_member_answering_is_503(client: httpx.Client, serve_session):
     config = args.model_dump(mode="json")
     members = {"broken": {"v1": FaultyMember.options(name="only-broken-v1").bind("only-broken-v1", "raise")}}
     app = EnsembleRouter.options(name="DeadRouter", ray_actor_options={"num_cpus": 0.05}).bind(
-        config, members, {"window": 128, "n_features": 8}, ControlPlane.bind(config))
+        config, members, CONTRACT, ControlPlane.bind(config))
     serve.run(app, name="dead", route_prefix="/dead")
     try:
         # HAProxy takes the new route a moment after the application runs (until then "/" has it).
