@@ -149,7 +149,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                     windows.append({
                         "at_s": round(time.monotonic() - began, 1), "rps": round(load["rps"]),
                         "p50_ms": load["latency_ms"]["p50"], "p99_ms": load["latency_ms"]["p99"],
-                        "non2xx": load["non2xx"], "socket_errors": sum(load["errors"].values()), "rss_mib": rss_by_role(server),
+                        "non2xx": load["non2xx"], "socket_errors": sum(load["errors"].values()),
+                        "rss_mib": rss_by_role(server),
                         "state_mib": round(sum(f.stat().st_size for f in (directory / "state").glob("*")) / 2**20, 1),
                         "predictions_logged": trust["predictions_logged"],
                         "labels_sent": labelled.sent, "labels_applied": labelled.applied,

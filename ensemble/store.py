@@ -177,11 +177,13 @@ class StateStore:
         unknown = labels.c.status == "unknown"
         with self.engine.begin() as conn:
             dropped = conn.execute(delete(predictions).where(predictions.c.created_at < predictions_before)).rowcount
-            if keep is not None and (cutoff := self._newest_beyond(conn, predictions.c.created_at, true(), keep)):
+            cutoff = None if keep is None else self._newest_beyond(conn, predictions.c.created_at, true(), keep)
+            if cutoff is not None:
                 dropped += conn.execute(delete(predictions).where(predictions.c.created_at <= cutoff)).rowcount
                 predictions_before = max(predictions_before, cutoff)
             conn.execute(delete(labels).where(labels.c.received_at < predictions_before - label_margin_s))
-            if keep is not None and (cutoff := self._newest_beyond(conn, labels.c.received_at, unknown, keep)):
+            cutoff = None if keep is None else self._newest_beyond(conn, labels.c.received_at, unknown, keep)
+            if cutoff is not None:
                 conn.execute(delete(labels).where(unknown, labels.c.received_at <= cutoff))
         return dropped
 

@@ -66,12 +66,10 @@ class Limits:
 
     def out_of_domain(self, window: np.ndarray, field: str) -> str:
         """Name the first value of `window` that `in_domain` refuses (errors only)."""
-        for r, row in enumerate(window):
-            for c, name in enumerate(self.features):
-                if (name in ABOVE_ZERO and not row[c] > 0) or (name in NOT_BELOW_ZERO and not row[c] >= 0):
-                    bound = "above 0" if name in ABOVE_ZERO else "0 or more"
-                    return f"{field}[{r}][{c}]: {name} must be {bound}, got {float(row[c])!r}"
-        return f"{field}: out of its features' domain"
+        r, c = np.argwhere(window <= self._floor)[0]
+        name = self.features[c]
+        bound = "above 0" if name in ABOVE_ZERO else "0 or more"
+        return f"{field}[{r}][{c}]: {name} must be {bound}, got {float(window[r, c])!r}"
 
 
 @dataclass

@@ -66,8 +66,8 @@ def input_contract(args: GraphArgs) -> dict[str, Any]:
     contracts = {}
     for model, spec in args.members.items():
         for version in spec.versions:
-            contract = read_manifest(args.model_root, model, version).input
-            contracts[deployment_name(model, version)] = (contract.window, contract.n_features, tuple(contract.features))
+            given = read_manifest(args.model_root, model, version).input
+            contracts[deployment_name(model, version)] = (given.window, given.n_features, tuple(given.features))
     distinct = set(contracts.values())
     if len(distinct) != 1:
         raise ValueError(f"members disagree on the input contract (window, features, their names): {contracts}")

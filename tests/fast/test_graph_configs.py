@@ -181,8 +181,8 @@ def test_members_must_agree_on_the_feature_names_too(tiny_repo: Path, tmp_path: 
     read the same columns, in the same order."""
     root = tmp_path / "repo"
     shutil.copytree(tiny_repo, root)
-    args = GraphArgs.model_validate({**single_application(yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text()))
-                                     .model_dump(exclude_unset=True), "model_root": str(root)})
+    config = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())
+    args = GraphArgs.model_validate({**single_application(config).model_dump(exclude_unset=True), "model_root": str(root)})
     assert input_contract(args) == {"window": WINDOW, "n_features": N_FEATURES, "features": list(FEATURES)}
     manifest = root / "lstm" / "v1" / MANIFEST
     swapped = json.loads(manifest.read_text())

@@ -160,8 +160,9 @@ def test_mutated_requests_are_never_5xx(client: httpx.Client):
     valid = {
         "/v1/predict": lambda: rng.choice([{"window": window(rng.randrange(8)), "key": "k"},
                                            {"instances": [window(1), {"window": window(2), "request_id": "r"}]}]),
-        "/v1/feedback": lambda: rng.choice([{"request_id": "fuzz-label", "actual": 0.5},
-                                            {"items": [{"request_id": f"fuzz-label-{i}", "actual": 0.1} for i in range(3)]}]),
+        "/v1/feedback": lambda: rng.choice([
+            {"request_id": "fuzz-label", "actual": 0.5},
+            {"items": [{"request_id": f"fuzz-label-{i}", "actual": 0.1} for i in range(3)]}]),
         "/v1/admin/rollouts/fuzz-nobody": lambda: {"canary": "v2", "steps": [5, 50, 100], "interval_s": 60,
                                                    "min_requests": 10, "error_tolerance": 0.1, "stable": "v1"},
         "/v1/admin/traffic/fuzz-nobody": lambda: {"split": {"v1": 0.9, "v2": 0.1}, "shadow": {"v2": 0.05}},
