@@ -92,4 +92,5 @@ class ModelDeployment:
                 "device": self.runtime.device, "pid": os.getpid(), "channel": list(self.channel_endpoint),
                 "channel_calls": self.channel.answered,
                 "channel_calls_in_shared_memory": self.channel.answered_in_arena,
+                "rows_refused": self.runtime.rows_refused,
                 "manifest": self.runtime.manifest.model_dump(mode="json")}

@@ -42,7 +42,8 @@ class EnsembleResult:
     weights: list[list[float]]  # [M][B] weights applied (0 for missing members)
     combined: list[float]  # [B], NaN where no member answered
     outcomes: list[CallOutcome]
-    # Instances every member answered with no finite prediction for: the input, not the members.
+    # Instances every member answered with no prediction for (NaN: none finite within its bounds):
+    # the input, not the members.
     unpredictable: list[int] = field(default_factory=list)
 
     def answers(self, request_ids: Sequence[str]) -> list[dict]:
@@ -80,7 +81,7 @@ class EnsembleResult:
         unanswered = {b for b, value in enumerate(self.combined) if math.isnan(value)}
         if unanswered <= set(self.unpredictable):
             field = "window" if single else f"instances[{min(unanswered)}].window"
-            return 422, f"{field}: no member gives a finite prediction for it (its values are far beyond what the models take)"
+            return 422, f"{field}: no member gives a prediction for it (its values are far beyond what the models take)"
         failed = sorted({f"{o.model}-{o.version}: {o.status}" for o in self.outcomes if o.status != "ok"})
         return 503, f"no member answered ({', '.join(failed)})"
 

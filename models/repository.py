@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -51,6 +52,17 @@ class OutputContract(Strict):
     name: Literal["next_return"] = Field("next_return", description="close[t+1] / close[t] - 1 for a window ending at t.")
     shape: list[str] = Field(["B"], description="One value per window in the batch.")
     dtype: Literal["float32"] = Field("float32", description="Element type of the output.")
+    bounds: tuple[float, float] | None = Field(
+        None, description="[low, high]: a prediction outside them is no prediction (NaN), as a net that blows up on a "
+        "window unlike its training data gives. Training sets the training targets' range, widened by its width on "
+        "each side; null: no bounds.")
+
+    @model_validator(mode="after")
+    def _bounds_are_an_interval(self) -> OutputContract:
+        if self.bounds is not None and not (math.isfinite(self.bounds[0]) and math.isfinite(self.bounds[1])
+                                            and self.bounds[0] < self.bounds[1]):
+            raise ValueError(f"bounds must be finite with low < high, got {list(self.bounds)}")
+        return self
 
 
 class Export(Strict):
@@ -134,6 +146,7 @@ def write_version(
     architecture: str | None = None,
     hparams: dict[str, Any] | None = None,
     export: Export | None = None,
+    output: OutputContract | None = None,
 ) -> Manifest:
     """Install one version: move `artifacts` (file name -> current path) in, hash them, write the manifest.
 
@@ -157,6 +170,7 @@ def write_version(
         name=model, version=version, framework=framework,
         artifacts={name: sha256(directory / name) for name in artifacts},
         architecture=architecture, hparams=hparams or {}, export=export, training=training, holdout=holdout,
+        output=output or OutputContract(),
     )
     _write_atomically(directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     return manifest

@@ -37,8 +37,8 @@ from models.data import WINDOW, generate_market, make_windows
 from models.errors import ModelLoadError
 from models.features import FEATURE_NAMES, engineer
 from models.nets import ONNX_INPUT, ONNX_OPSET, build_net, export_onnx, normalise
-from models.repository import (TORCH_WEIGHTS, Export, Framework, Metrics, Training, load_runtime, read_manifest,
-                               write_version)
+from models.repository import (TORCH_WEIGHTS, Export, Framework, Metrics, OutputContract, Training, load_runtime,
+                               read_manifest, write_version)
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
 VERSIONS = ("v1", "v2")
@@ -249,6 +249,13 @@ FITTERS: dict[str, Callable[[Dataset, slice, dict[str, Any], int, Path], Fitted]
 }
 
 
+def output_bounds(targets: np.ndarray) -> tuple[float, float]:
+    """The targets' range widened by its width on each side: a forecast shrinks toward the mean, so
+    only a model that blew up (a net on a window unlike any it trained on) leaves it."""
+    low, high = float(targets.min()), float(targets.max())
+    return low - (high - low), high + (high - low)
+
+
 def metrics(predicted: np.ndarray, actual: np.ndarray) -> Metrics:
     """Holdout metrics of `predicted` next returns against the `actual` ones."""
     predicted, actual = predicted.astype(np.float64), actual.astype(np.float64)
@@ -297,7 +304,8 @@ def _train_one(root: Path, data: Dataset, model: str, version: str, run_seed: in
             libraries=_libraries(FRAMEWORK[model]),
         )
         write_version(root, model, version, FRAMEWORK[model], fitted.artifacts, training=training, holdout=holdout,
-                      architecture=fitted.architecture, hparams=fitted.hparams, export=fitted.export)
+                      architecture=fitted.architecture, hparams=fitted.hparams, export=fitted.export,
+                      output=OutputContract(bounds=output_bounds(data.y[rows])))
     served = load_runtime(root, model, version, num_threads=TRAIN_THREADS).predict(data.holdout_x[:256])
     expected = fitted.holdout_pred[:256]
     if not np.allclose(served, expected, rtol=PARITY_RTOL, atol=PARITY_RTOL * float(np.max(np.abs(expected)))):
@@ -344,12 +352,14 @@ def train_repository(root: Path | str, profile: str = "demo", models: list[str] 
 
 def ensure_repository(root: Path | str, profile: str = "demo", models: list[str] | None = None,
                       seed: int = 7) -> bool:
-    """Train only the (model, version)s whose manifest is missing, invalid or stale (another
-    framework than this code serves them with, from an older training); returns whether it trained."""
+    """Train only the (model, version)s whose manifest is missing, invalid or stale (from an older
+    training: another framework than this code serves them with, or no output bounds); returns
+    whether it trained."""
     missing = []
     for model, version in _pairs(models):
         try:
-            stale = read_manifest(root, model, version).framework != FRAMEWORK[model]
+            manifest = read_manifest(root, model, version)
+            stale = manifest.framework != FRAMEWORK[model] or manifest.output.bounds is None
         except ModelLoadError:
             stale = True
         if stale:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from models.repository import Manifest
 
 DEVICES = ("cpu", "cuda")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # framework -> runtime class, filled as each runtime module is imported (see runtime_class).
 RUNTIMES: dict[str, type[Runtime]] = {}
 
@@ -48,6 +49,9 @@ class Runtime(ABC):
             raise ModelLoadError(f"device must be one of {DEVICES} and num_threads >= 1, got {device!r}, {num_threads}")
         self.manifest = manifest
         self._shape = (manifest.input.window, manifest.input.n_features)
+        # No bounds: float32's finite range, so only NaN and inf are refused (NaN fails every comparison).
+        self._bounds = manifest.output.bounds or (-FLOAT32_MAX, FLOAT32_MAX)
+        self.rows_refused = 0  # windows given no prediction (non-finite or out of bounds) since loading
         self._load(Path(model_dir) / self.artifact, num_threads, device)
 
     @abstractmethod
@@ -62,8 +66,9 @@ class Runtime(ABC):
         """float32 windows [B, T, F] -> float32 next returns [B].
 
         InputShapeError for anything else; ModelPredictError wraps framework failures. A window
-        the model gives no finite prediction for (extreme inputs overflow a net) gets NaN, its
-        own row only: a call carries many requests' windows, and one's should not fail the rest.
+        the model gives no finite prediction for (extreme inputs overflow a net), or one outside
+        the manifest's output bounds, gets NaN, its own row only: a call carries many requests'
+        windows, and one's should not fail the rest.
         """
         try:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -76,8 +81,12 @@ class Runtime(ABC):
             out = np.asarray(self._predict(batch), dtype=np.float32).reshape(len(batch))
         except Exception as exc:  # noqa: BLE001 - no framework exception leaves a runtime unwrapped
             raise ModelPredictError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
-        if not np.isfinite(out).all():
-            out[~np.isfinite(out)] = np.nan  # inf too: NaN alone means "no prediction" downstream
+        # NaN alone means "no prediction" downstream: inf and values past the bounds become it too.
+        low, high = self._bounds
+        if not (out.min() >= low and out.max() <= high):  # a NaN fails both: min and max propagate it
+            refused = ~((out >= low) & (out <= high))
+            out[refused] = np.nan
+            self.rows_refused += int(refused.sum())
         return out
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 32)) -> None:
@@ -85,7 +94,7 @@ class Runtime(ABC):
         windows = sample_windows(max(batch_sizes), seed=0)
         for size in batch_sizes:
             if np.isnan(self.predict(windows[:size])).any():  # ordinary windows: broken weights
-                raise ModelLoadError(f"{self._name}: no finite prediction for ordinary windows")
+                raise ModelLoadError(f"{self._name}: no prediction for ordinary windows (non-finite or out of bounds)")
 
     @property
     def _name(self) -> str:

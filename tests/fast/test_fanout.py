@@ -348,8 +348,8 @@ def test_an_instance_no_member_can_predict_for_is_the_inputs_fault_not_the_membe
     nets = predictor({"a": {"v1": overflows_on_the_second}, "b": {"v1": overflows_on_the_second}})
     result = asyncio.run(nets.predict(WINDOWS, [None] * 3))
     assert result.refusal(single=False) == (
-        422, "instances[1].window: no member gives a finite prediction for it (its values are far beyond what "
-             "the models take)")
+        422, "instances[1].window: no member gives a prediction for it (its values are far beyond what the models "
+             "take)")
     assert {o.status for o in result.counted_outcomes(result.refusal(single=False))} == {"ok"}  # no canary error
     failing = asyncio.run(predictor({"a": {"v1": overflows_on_the_second}, "b": {"v1": broken}})
                           .predict(WINDOWS, [None] * 3))

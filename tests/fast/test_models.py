@@ -49,11 +49,51 @@ def test_a_window_without_a_finite_prediction_is_nan_alone(repo: Path, model: st
     assert np.isfinite(out[[0, 2]]).all() and (np.isfinite(out[1]) or np.isnan(out[1]))
 
 
+@pytest.mark.parametrize("model, version", PAIRS)
+def test_training_bounds_each_version_by_its_targets_and_its_predictions_fall_within(repo: Path, model: str,
+                                                                                     version: str):
+    low, high = read_manifest(repo, model, version).output.bounds
+    runtime = load_runtime(repo, model, version)
+    out = runtime.predict(sample_windows(64, seed=4))
+    assert low < 0 < high and np.isfinite(out).all() and runtime.rows_refused == 0
+    assert low < out.min() and out.max() < high
+
+
+def test_predictions_past_the_bounds_are_none_for_their_own_windows(repo: Path, monkeypatch: pytest.MonkeyPatch):
+    runtime = load_runtime(repo, "patchtst", "v1")
+    low, high = runtime.manifest.output.bounds
+    blown_up = np.array([0.0, high * 1.01, low * 1.01, np.inf, high, low, 341_273.0], dtype=np.float32)
+    monkeypatch.setattr(runtime, "_predict", lambda batch: blown_up[:len(batch)])  # as a net that blew up does
+    out = runtime.predict(sample_windows(7, seed=3))
+    np.testing.assert_array_equal(np.isnan(out), [False, True, True, True, False, False, True])
+    assert runtime.rows_refused == 4
+    assert not np.isnan(runtime.predict(sample_windows(1, seed=3))).any() and runtime.rows_refused == 4
+
+
+def test_a_manifest_without_bounds_refuses_only_non_finite_predictions(repo: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    old = read_manifest(repo, "xgboost", "v1")  # as trainings before bounds wrote it
+    shutil.copy(version_dir(repo, "xgboost", "v1") / "model.json", tmp_path / "model.json")
+    write_version(tmp_path, "xgboost", "v1", "xgboost", {"model.json": tmp_path / "model.json"},
+                  training=old.training, holdout=old.holdout)
+    runtime = load_runtime(tmp_path, "xgboost", "v1")
+    assert runtime.manifest.output.bounds is None
+    monkeypatch.setattr(runtime, "_predict", lambda batch: np.array([1e30, -np.inf, np.nan], dtype=np.float32))
+    np.testing.assert_array_equal(np.isnan(runtime.predict(sample_windows(3, seed=3))), [False, True, True])
+
+
+@pytest.mark.parametrize("bounds", [(0.1, 0.1), (0.2, -0.2), (float("-inf"), 0.1), (0.0, float("nan"))])
+def test_a_manifest_refuses_bounds_that_are_no_interval(repo: Path, bounds: tuple[float, float]):
+    data = read_manifest(repo, "lstm", "v1").model_dump(mode="json")
+    with pytest.raises(ValueError, match="bounds must be finite with low < high"):
+        Manifest.model_validate({**data, "output": {**data["output"], "bounds": list(bounds)}})
+
+
 def test_a_model_without_finite_predictions_for_ordinary_windows_does_not_load(repo: Path,
                                                                                 monkeypatch: pytest.MonkeyPatch):
     runtime = load_runtime(repo, "xgboost", "v1")
     monkeypatch.setattr(runtime, "_predict", lambda batch: np.full(len(batch), np.nan))  # as broken weights do
-    with pytest.raises(ModelLoadError, match="no finite prediction for ordinary windows"):
+    with pytest.raises(ModelLoadError, match="no prediction for ordinary windows"):
         runtime.warm_up()
 
 
@@ -136,6 +176,14 @@ def test_if_missing_retrains_a_version_an_older_training_serves_otherwise(repo: 
     assert ensure_repository(tmp_path, "tiny", ["lstm"]) is True
     assert {read_manifest(tmp_path, "lstm", v).framework for v in VERSIONS} == {FRAMEWORK["lstm"]}
     assert ensure_repository(tmp_path, "tiny", ["lstm"]) is False
+    current = read_manifest(tmp_path, "lstm", "v1")  # as trainings before output bounds wrote it
+    write_version(tmp_path, "lstm", "v1", current.framework,
+                  {name: version_dir(tmp_path, "lstm", "v1") / name for name in current.artifacts},
+                  training=current.training, holdout=current.holdout, architecture=current.architecture,
+                  hparams=current.hparams, export=current.export)
+    assert read_manifest(tmp_path, "lstm", "v1").output.bounds is None
+    assert ensure_repository(tmp_path, "tiny", ["lstm"]) is True
+    assert read_manifest(tmp_path, "lstm", "v1").output.bounds == current.output.bounds
 
 
 def test_tampered_artifact_is_refused(repo: Path, tmp_path: Path):

@@ -186,6 +186,8 @@ def test_members_endpoint_reports_manifests(client: httpx.Client):
     assert sorted(members) == sorted(MEMBERS)
     v1 = members["patchtst"]["versions"]["v1"]
     assert (v1["runtime"], v1["device"], v1["manifest"]["framework"]) == ("onnx", "cpu", "onnx")
+    low, high = v1["manifest"]["output"]["bounds"]
+    assert low < 0 < high and v1["rows_refused"] >= 0  # windows it gave no prediction for, so far
 
 
 def test_member_calls_go_over_the_replicas_direct_channels_through_shared_memory(client: httpx.Client):
