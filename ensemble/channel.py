@@ -338,6 +338,9 @@ class ChannelConnection(asyncio.Protocol):
             self._transport.close()
 
 
+_REFUSED = object()  # DirectMember._call: the replica could not be reached, and was sent nothing
+
+
 class DirectMember:
     """Calls one member version over the direct channels of its replicas.
 
@@ -347,9 +350,11 @@ class DirectMember:
     serve`'s settings and four to five times one under Ray's defaults (BENCHMARKS.md). A replica
     Serve has not chosen in `forget_after` refreshes is forgotten. Each call goes to the known
     replica with the fewest of this caller's calls in flight (ties at random), so placement and
-    replacement stay Serve's while the balancing sees the calls Serve does not. When no replica
-    has a reachable channel, or a connection is lost mid-call, the call goes through `fallback`
-    (Serve's own path): a replica that dies costs a detour, never a failed answer.
+    replacement stay Serve's while the balancing sees the calls Serve does not. A replica that
+    refuses a connection is forgotten until Serve names it again, and the call goes to the next
+    known one. When no replica has a reachable channel, or a connection is lost mid-call, the
+    call goes through `fallback` (Serve's own path): a replica that dies costs a detour, never a
+    failed answer.
     """
 
     def __init__(self, choose: Callable[[], Awaitable[Endpoint | None]],
@@ -416,6 +421,7 @@ class DirectMember:
             connection = await asyncio.shield(task)
         except OSError:
             self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
+            self._chosen.pop(endpoint, None)  # nothing listens there: known again only if Serve names it again
             return None
         self._connections[endpoint] = connection
         return connection
@@ -434,19 +440,28 @@ class DirectMember:
         return max(1, sum(1 for endpoint in self._chosen if self._skip_until.get(endpoint, 0.0) <= now))
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
-        endpoint = await self._endpoint()
-        body = None if endpoint is None else await self._call(endpoint, windows)
+        # A replica that refuses the connection was sent nothing (it died, or was replaced, before
+        # Serve stopped naming it): the next known one takes the call. Each refusal skips its
+        # replica, so this ends. A connection lost mid-call goes to Serve's path instead: the call
+        # may be what ended the replica, and it should not take the others down one by one.
+        while (endpoint := await self._endpoint()) is not None:
+            body = await self._call(endpoint, windows)
+            if body is not _REFUSED:
+                break
+        else:
+            body = None
         if body is None:
             return await self._fallback(windows)
         return decode_predictions(body, len(windows))
 
-    async def _call(self, endpoint: Endpoint, windows: np.ndarray) -> memoryview | None:
-        """The reply of the replica at `endpoint`, or None when its channel cannot carry the call."""
+    async def _call(self, endpoint: Endpoint, windows: np.ndarray) -> memoryview | object | None:
+        """The reply of the replica at `endpoint`, `_REFUSED` when it could not be reached, or None
+        when the connection was lost mid-call."""
         self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
         try:
             connection = await self._connection(endpoint)
             if connection is None:
-                return None
+                return _REFUSED
             try:
                 return await connection.call(windows)
             except ChannelLost:

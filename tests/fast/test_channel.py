@@ -399,6 +399,28 @@ def test_no_channel_or_an_unreachable_one_goes_through_serves_path():
     run(scenario())
 
 
+def test_a_replica_that_refuses_the_connection_is_forgotten_and_the_call_goes_to_another():
+    async def scenario() -> None:
+        gone, live = ChannelServer(row_sums), ChannelServer(row_sums)
+        gone_endpoint = await gone.start("127.0.0.1")
+        gone.close()  # as a replica whose process died while Serve still names it
+        await gone._server.wait_closed()
+        choices = Choices(gone_endpoint, await live.start("127.0.0.1"), gone_endpoint)
+        fallback = Fallback()
+        member = DirectMember(choices, fallback, refresh_s=0.0)
+        while choices.asked < 2:  # until Serve has named both
+            await member.predict(windows(1))
+        answered = live.answered
+        results = [(await member.predict(windows(2, start=i))).tolist() for i in range(20)]
+        assert results == [windows(2, start=i).sum(axis=(1, 2)).tolist() for i in range(20)]
+        assert (live.answered - answered, fallback.calls) == (20, 0)
+        assert member.replicas() == 1  # named again by Serve, and refused again: skipped
+        member.close()
+        live.close()
+
+    run(scenario())
+
+
 def test_a_connection_lost_mid_call_sends_the_call_through_serves_path():
     async def scenario() -> None:
         stall = asyncio.Event()

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import os
 import random
+import signal
 from pathlib import Path
 
 import httpx
@@ -203,6 +204,30 @@ def test_member_calls_go_over_the_replicas_direct_channels_through_shared_memory
     after = {count: answered(count) for count in counts}
     for count in counts:
         assert all(after[count][m] - before[count][m] >= 5 for m in MEMBERS), (count, before, after)
+
+
+def test_a_member_replica_that_dies_degrades_answers_until_serve_replaces_it(client: httpx.Client):
+    def nhits() -> dict:
+        return client.get("/v1/members").json()["nhits"]["versions"]["v1"]
+
+    dead = nhits()["pid"]
+    os.kill(dead, signal.SIGKILL)  # as a native crash or the kernel's OOM killer ends a replica
+    answers: list[httpx.Response] = []
+
+    def answer(whole: bool) -> bool:
+        answers.append(client.post("/v1/predict", json={"window": window(len(answers) % len(WINDOWS))}))
+        return answers[-1].status_code == 200 and answers[-1].json()["degraded"] is not whole
+
+    wait_until(lambda: answer(whole=False), 30, "an answer without nhits")
+    # Each of the two routers finds the new replica by itself: whole answers from both, in a row.
+    wait_until(lambda: all([answer(whole=True) for _ in range(6)]), 120, "nhits-v1 answering again")
+    assert {response.status_code for response in answers} == {200}
+    assert {tuple(response.json()["missing"]) for response in answers} <= {("nhits",), ()}
+    replacement = nhits()
+    assert replacement["pid"] != dead
+    for i in range(5):  # over the new replica's direct channel again, not Serve's path
+        assert client.post("/v1/predict", json={"window": window(i)}).json()["degraded"] is False
+    assert nhits()["channel_calls"] >= replacement["channel_calls"] + 5
 
 
 def test_raising_and_hanging_members_degrade_the_answer(client: httpx.Client):
