@@ -285,10 +285,15 @@ def _libraries(framework: Framework) -> dict[str, str]:
     return versions
 
 
+def version_seed(model: str, version: str, run_seed: int) -> int:
+    """The seed of one (model, version)'s trainer in a run: training a subset gives the same artifacts."""
+    return run_seed + 101 * (MEMBERS.index(model) * len(VERSIONS) + VERSIONS.index(version))
+
+
 def _train_one(root: Path, data: Dataset, model: str, version: str, run_seed: int) -> Metrics:
     """Fit, evaluate and install one version, then check that what is served predicts the same."""
     profile = data.profile
-    seed = run_seed + 101 * (MEMBERS.index(model) * len(VERSIONS) + VERSIONS.index(version))
+    seed = version_seed(model, version, run_seed)
     start = data.split - profile.recent if version == "v1" else 0
     rows = data.train_rows(start)
     root.mkdir(parents=True, exist_ok=True)
@@ -353,13 +358,14 @@ def train_repository(root: Path | str, profile: str = "demo", models: list[str] 
 def ensure_repository(root: Path | str, profile: str = "demo", models: list[str] | None = None,
                       seed: int = 7) -> bool:
     """Train only the (model, version)s whose manifest is missing, invalid or stale (from an older
-    training: another framework than this code serves them with, or no output bounds); returns
-    whether it trained."""
+    training of this run's seed: another framework than this code serves them with, or no output
+    bounds); returns whether it trained. A version trained by anything else is never replaced."""
     missing = []
     for model, version in _pairs(models):
         try:
             manifest = read_manifest(root, model, version)
-            stale = manifest.framework != FRAMEWORK[model] or manifest.output.bounds is None
+            ours = (manifest.training.seed, manifest.training.data_seed) == (version_seed(model, version, seed), seed)
+            stale = ours and (manifest.framework != FRAMEWORK[model] or manifest.output.bounds is None)
         except ModelLoadError:
             stale = True
         if stale:

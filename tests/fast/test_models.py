@@ -184,6 +184,11 @@ def test_if_missing_retrains_a_version_an_older_training_serves_otherwise(repo: 
     assert read_manifest(tmp_path, "lstm", "v1").output.bounds is None
     assert ensure_repository(tmp_path, "tiny", ["lstm"]) is True
     assert read_manifest(tmp_path, "lstm", "v1").output.bounds == current.output.bounds
+    theirs = current.training.model_copy(update={"seed": 12345})  # a version another trainer wrote
+    write_version(tmp_path, "lstm", "v1", "torch", {"weights.pt": version_dir(tmp_path, "lstm", "v1") / "weights.pt"},
+                  training=theirs, holdout=current.holdout, architecture=current.architecture, hparams=current.hparams)
+    assert ensure_repository(tmp_path, "tiny", ["lstm"]) is False
+    assert read_manifest(tmp_path, "lstm", "v1").training.seed == 12345
 
 
 def test_tampered_artifact_is_refused(repo: Path, tmp_path: Path):
