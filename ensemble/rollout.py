@@ -45,8 +45,8 @@ class RolloutPlan(StrictModel):
         0.01, ge=0, le=1,
         description="Gate: share of canary calls that fail or time out (rows it gives no prediction for, non-finite "
         "or out of its bounds, count as failed), beyond the stable version's share in the same step (once the "
-        "stable has served min_requests in it). Windows that every version fails on, such as values far beyond the training data's, "
-        "then do not roll a canary back.",
+        "stable has served min_requests in it). Windows that every version fails on, such as values far beyond "
+        "the training data's, then do not roll a canary back.",
     )
     max_p99_latency_s: float = Field(0.5, gt=0, description="Gate: p99 seconds of the canary's calls.")
 
