@@ -353,8 +353,11 @@ class DirectMember:
     replacement stay Serve's while the balancing sees the calls Serve does not. A replica that
     refuses a connection is forgotten until Serve names it again, and the call goes to the next
     known one. When no replica has a reachable channel, or a connection is lost mid-call, the
-    call goes through `fallback` (Serve's own path): a replica that dies costs a detour, never a
-    failed answer.
+    call goes through `fallback` (Serve's own path), which reaches the other replicas: a replica
+    that dies costs a detour. When the replica that died was the only one reachable, the call
+    and those after it fail at once (ChannelLost) until Serve names another replica or a call
+    succeeds: Serve's path would hold them until a new replica runs, and the router leaves the
+    member out of answers meanwhile.
     """
 
     def __init__(self, choose: Callable[[], Awaitable[Endpoint | None]],
@@ -374,6 +377,10 @@ class DirectMember:
         # This caller's calls per replica, counted from the choice rather than the send: calls still
         # waiting for a connection are in flight too, or concurrent first calls would pick one replica.
         self._in_flight: dict[Endpoint, int] = {}
+        # A connection dropped mid-call, and since then no call succeeded and Serve named no replica
+        # but those that failed: its replica died, and Serve's path would hold calls until a new one runs.
+        self._lost = False
+        self._failed: set[Endpoint] = set()  # the replicas that dropped or refused a connection while lost
 
     async def _refresh(self) -> None:
         try:
@@ -386,6 +393,8 @@ class DirectMember:
         self._refreshes += 1
         if endpoint is not None:
             self._chosen[endpoint] = self._refreshes
+            if endpoint not in self._failed:
+                self._recovered()
         for known, when in list(self._chosen.items()):
             if self._refreshes - when > self._forget_after:
                 del self._chosen[known]
@@ -395,8 +404,12 @@ class DirectMember:
         if now >= self._refresh_due and self._refreshing is None:
             self._refresh_due = now + self._refresh_s
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-        if not self._chosen and self._refreshing is not None:
-            await asyncio.shield(self._refreshing)  # the first call waits for Serve's first answer
+        # The first call waits for Serve's first answer; once lost, calls do not wait for a new replica.
+        if not self._chosen and self._refreshing is not None and not self._lost:
+            await asyncio.shield(self._refreshing)
+        return self._least_loaded(now)
+
+    def _least_loaded(self, now: float) -> Endpoint | None:
         best, best_load = None, (0, 0.0)
         for endpoint in self._chosen:
             if self._skip_until.get(endpoint, 0.0) > now:
@@ -422,6 +435,8 @@ class DirectMember:
         except OSError:
             self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
             self._chosen.pop(endpoint, None)  # nothing listens there: known again only if Serve names it again
+            if self._lost:
+                self._failed.add(endpoint)
             return None
         self._connections[endpoint] = connection
         return connection
@@ -450,9 +465,18 @@ class DirectMember:
                 break
         else:
             body = None
-        if body is None:
-            return await self._fallback(windows)
-        return decode_predictions(body, len(windows))
+        if body is not None:
+            self._recovered()
+            return decode_predictions(body, len(windows))
+        if self._lost and self._least_loaded(time.monotonic()) is None:
+            # Serve's path would hold the call until a new replica runs (seconds): the member is
+            # left out of answers at once instead of at the deadline.
+            raise ChannelLost("the replica's connection was lost and Serve names no other replica yet")
+        return await self._fallback(windows)
+
+    def _recovered(self) -> None:
+        self._lost = False
+        self._failed.clear()
 
     async def _call(self, endpoint: Endpoint, windows: np.ndarray) -> memoryview | object | None:
         """The reply of the replica at `endpoint`, `_REFUSED` when it could not be reached, or None
@@ -467,6 +491,8 @@ class DirectMember:
             except ChannelLost:
                 self._connections.pop(endpoint, None)
                 self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
+                self._lost = True
+                self._failed.add(endpoint)
                 return None
         finally:
             left = self._in_flight.pop(endpoint) - 1

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ensemble.arena import ArenaError
-from ensemble.channel import (ARENA_REF, CALL, IN_ARENA, MAX_FRAME_BYTES, OK, REPLY, ChannelError, ChannelServer,
-                              DirectMember, Endpoint, FramesHandler, _Frames, merged_model_calls)
+from ensemble.channel import (ARENA_REF, CALL, IN_ARENA, MAX_FRAME_BYTES, OK, REPLY, ChannelError, ChannelLost,
+                              ChannelServer, DirectMember, Endpoint, FramesHandler, _Frames, merged_model_calls)
 from ensemble.wire import decode_predictions, decode_windows, encode
 
 WINDOW, FEATURES = 4, 2
@@ -421,22 +421,81 @@ def test_a_replica_that_refuses_the_connection_is_forgotten_and_the_call_goes_to
     run(scenario())
 
 
-def test_a_connection_lost_mid_call_sends_the_call_through_serves_path():
+class Named:
+    """Serve's request router naming one replica, which the test changes."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self) -> Endpoint:
+        return self.endpoint
+
+
+async def lose_mid_call(member: DirectMember, server: ChannelServer) -> asyncio.Future[np.ndarray]:
+    """A call that reached `server`, whose connections then drop as when its process dies."""
+    call = asyncio.ensure_future(member.predict(windows(2)))
+    while server.load.now == 0:
+        await asyncio.sleep(0.001)
+    for connection in member._connections.values():
+        connection._transport.abort()
+    return call
+
+
+def test_a_connection_lost_mid_call_goes_through_serves_path_to_another_replica():
+    async def scenario() -> None:
+        release = asyncio.Event()
+        release.set()
+        dying, live = ChannelServer(held_until(release)), ChannelServer(row_sums)
+        serve_names = Named(await dying.start("127.0.0.1"))
+        fallback = Fallback()
+        member = DirectMember(serve_names, fallback, refresh_s=0.0)
+        await member.predict(windows(1))  # Serve named the dying replica, then the live one
+        serve_names.endpoint = live_endpoint = await live.start("127.0.0.1")
+        while member.replicas() < 2:
+            await member.predict(windows(1))
+        release.clear()
+        member._in_flight[live_endpoint] = 1  # so the next call goes to the dying replica
+        call = await lose_mid_call(member, dying)
+        del member._in_flight[live_endpoint]
+        assert (await call).tolist() == [-1.0, -1.0]  # Serve's path: it may be what ended the replica
+        assert fallback.calls == 1
+        assert (await member.predict(windows(1))).tolist() == windows(1).sum(axis=(1, 2)).tolist()
+        release.set()
+        dying.close()
+        live.close()
+
+    run(scenario())
+
+
+def test_a_lost_connection_to_the_only_replica_fails_calls_at_once_until_serve_names_another():
     async def scenario() -> None:
         stall = asyncio.Event()
-        server = ChannelServer(held_until(stall))
-        endpoint = await server.start("127.0.0.1")
+        dying = ChannelServer(held_until(stall))
+        serve_names = Named(await dying.start("127.0.0.1"))
         fallback = Fallback()
-        member = DirectMember(Choices(endpoint), fallback)
-        call = asyncio.ensure_future(member.predict(windows(2)))
-        while server.load.now == 0:  # the call reached the replica
-            await asyncio.sleep(0.001)
-        for connection in member._connections.values():
-            connection._transport.abort()  # as when the replica's process dies
-        assert (await call).tolist() == [-1.0, -1.0]
-        assert fallback.calls == 1
+        member = DirectMember(serve_names, fallback, refresh_s=0.0)
+        call = await lose_mid_call(member, dying)
+        with pytest.raises(ChannelLost, match="no other replica"):
+            await call
+        dying.close()
+        await dying._server.wait_closed()
+        member._skip_until.clear()  # past RETRY_AFTER_S: Serve still names it, and it refuses
+        for _ in range(3):
+            with pytest.raises(ChannelLost, match="no other replica"):
+                await member.predict(windows(1))
+        assert fallback.calls == 0  # Serve's path would hold them until a new replica runs
+        replacement = ChannelServer(row_sums)
+        serve_names.endpoint = await replacement.start("127.0.0.1")
+        while True:  # until a refresh names the new replica
+            try:
+                result = await member.predict(windows(1))
+                break
+            except ChannelLost:
+                await asyncio.sleep(0)
+        assert result.tolist() == windows(1).sum(axis=(1, 2)).tolist()
+        assert (replacement.answered, fallback.calls) == (1, 0)
         stall.set()
-        server.close()
+        replacement.close()
 
     run(scenario())
 
