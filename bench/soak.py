@@ -27,9 +27,8 @@ from typing import Any
 
 import httpx
 import psutil
-import yaml
 
-from bench.apps.graph_args import DEFAULT_GRAPH
+from bench.apps.graph_args import graph_file
 from bench.procmon import label, tree
 from bench.servers import Server, predict_probe, ray_server
 from bench.wrk import WrkRun, ensure_wrk, lua_script, make_bodies, run_wrk, threads_for
@@ -43,14 +42,7 @@ ROLES = (("router", "EnsembleRouter"), ("control plane", "ControlPlane"), ("memb
 def soak_graph(max_predictions: int, directory: Path, model_root: str | None = None) -> Path:
     """The YAML graph with the prediction log capped at `max_predictions`, its models from
     `model_root` if given."""
-    config = yaml.safe_load(DEFAULT_GRAPH.read_text())
-    ensemble = next(app for app in config["applications"] if app["route_prefix"] == "/")
-    ensemble["args"]["ledger"] = {**ensemble["args"].get("ledger", {}), "max_predictions": max_predictions}
-    for app in config["applications"] if model_root else ():
-        app["args"]["model_root"] = model_root
-    path = directory / "soak.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return graph_file(directory / "soak.yaml", model_root, ledger={"max_predictions": max_predictions})
 
 
 def rss_by_role(server: Server) -> dict[str, float]:

@@ -29,6 +29,20 @@ def yaml_args(graph: str | Path | None = None) -> dict[str, Any]:
     return args
 
 
+def graph_file(path: Path, model_root: str | None = None, **ensemble_args: dict[str, Any]) -> Path:
+    """The YAML graph written to `path`: the ensemble's args blocks updated with `ensemble_args`
+    (`ledger={"max_predictions": 1000}` keeps the rest of `ledger`), every application's models
+    from `model_root` if given."""
+    config = yaml.safe_load(DEFAULT_GRAPH.read_text())
+    ensemble = next(app for app in config["applications"] if app["route_prefix"] == "/")
+    for block, values in ensemble_args.items():
+        ensemble["args"][block] = {**ensemble["args"].get(block, {}), **values}
+    for app in config["applications"] if model_root else ():
+        app["args"]["model_root"] = model_root
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def absolute_root(args: dict[str, Any]) -> str:
     """An application's `model_root`, relative paths taken from the repository."""
     root = Path(args.get("model_root", "model_repo"))

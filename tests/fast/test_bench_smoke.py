@@ -6,20 +6,16 @@ wrk is installed by the harness when missing (apt-get, as root); elsewhere the t
 import json
 from pathlib import Path
 
-import psutil
 import pytest
 
 from bench import run
-from bench.wrk import WrkMissing, ensure_wrk
+from tests.fast.bench_runs import left_running, need_wrk
 
 pytestmark = pytest.mark.serve
 
 
 def test_noop_run_measures_writes_and_leaves_nothing_running(tmp_path: Path) -> None:
-    try:
-        ensure_wrk()
-    except WrkMissing as exc:
-        pytest.skip(str(exc))
+    need_wrk()
     code = run.main(["--source", "worktree", "--systems", "noop", "--settings", "default", "--connections", "2",
                      "--duration", "1", "--warmup", "0", "--quiet-wait", "0", "--no-plots", "--results-dir", str(tmp_path)])
     assert code == 0
@@ -29,6 +25,4 @@ def test_noop_run_measures_writes_and_leaves_nothing_running(tmp_path: Path) -> 
     assert p["requests"] > 0 and p["non2xx"] == 0 and p["cpu_s"] > 0 and p["peak_rss_mb"] > 0
     assert "Main comparison" in next(tmp_path.glob("*.md")).read_text()
     assert len(noop["pids"]) > 3  # the runner, GCS, raylet, controller, proxy, replica...
-    left = [pid for pid in noop["pids"] if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"processes left running: {left}"
+    assert not left_running(noop["pids"])

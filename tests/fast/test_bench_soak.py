@@ -1,17 +1,12 @@
 """bench.soak: its graph and growth figures without Ray, and the whole soak at tiny durations."""
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
-from bench.apps.graph_args import yaml_args
-from bench.servers import REPO
+from bench.apps.graph_args import graph_file, yaml_args
 from bench.soak import growth, soak_graph
-from bench.wrk import WrkMissing, ensure_wrk
+from tests.fast.bench_runs import left_running, need_wrk, run_bench
 
 
 def test_soak_graph_caps_the_prediction_log_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -20,6 +15,7 @@ def test_soak_graph_caps_the_prediction_log_and_keeps_the_rest(tmp_path: Path) -
     assert {k: v for k, v in args.items() if k != "ledger"} == {k: v for k, v in yaml_args().items() if k != "ledger"}
     elsewhere = yaml.safe_load(soak_graph(1234, tmp_path, "/models").read_text())["applications"]
     assert {app["args"]["model_root"] for app in elsewhere} == {"/models"}
+    assert yaml_args(graph_file(tmp_path / "same.yaml")) == yaml_args()
 
 
 def test_growth_is_the_slope_of_the_second_half() -> None:
@@ -33,22 +29,13 @@ def test_growth_is_the_slope_of_the_second_half() -> None:
 
 @pytest.mark.serve
 def test_soak_runs_windows_with_labels_and_leaves_nothing_running(tmp_path: Path, tiny_repo: Path) -> None:
-    try:
-        ensure_wrk()
-    except WrkMissing as exc:
-        pytest.skip(str(exc))
-    out = tmp_path / "soak.json"
-    done = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "0.1", "--window-s", "3",
-                           "--connections", "4", "--max-predictions", "1000", "--model-root", str(tiny_repo),
-                           "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())
+    need_wrk()
+    results = run_bench("bench.soak", ["--minutes", "0.1", "--window-s", "3", "--connections", "4",
+                                       "--max-predictions", "1000", "--model-root", str(tiny_repo)],
+                        tmp_path / "soak.json")
     window = results["windows"][-1]
     assert window["rps"] > 0 and window["non2xx"] == 0 and window["predictions_logged"] > 0
     assert window["rss_mib"]["router"] > 0 and window["rss_mib"]["members"] > 0 and window["state_mib"] > 0
     assert window["labels_applied"] > 0 and window["labelled_failures"] == 0
     assert set(results["growth"]) == {"router", "control plane", "members", "haproxy", "the rest"}
-    left = [pid for pid in results["pids"] if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert len(results["pids"]) > 3 and not left, f"processes left running: {left}"
+    assert len(results["pids"]) > 3 and not left_running(results["pids"])
