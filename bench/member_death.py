@@ -35,13 +35,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROBE_PERIOD_S = 0.1
 
 
-def replica_pid(client: httpx.Client, deployment: str) -> int:
-    """The pid of the replica that answers `deployment`'s info (`<model>-<version>`)."""
-    for spec in client.get("/v1/members").json().values():
-        for info in spec["versions"].values():
+def replica_pid(client: httpx.Client, deployment: str, timeout_s: float) -> int | None:
+    """The pid of the replica that answers `deployment`'s info (`<model>-<version>`), asked until
+    one does: after a replica's death Serve's own path reaches the new one a while after the
+    router's channel does, and the router reports the version unavailable meanwhile."""
+    model = deployment.rsplit("-", 1)[0]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for info in client.get("/v1/members").json()[model]["versions"].values():
             if info.get("deployment") == deployment:
                 return info["pid"]
-    raise KeyError(f"{deployment} is not deployed")
+        time.sleep(PROBE_PERIOD_S)
+    return None
 
 
 class Recovery:
@@ -94,7 +99,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 for deployment in opts.members.split(","):
                     server.wait_ready(whole, opts.recovery_timeout_s)  # every member answering again
-                    pid = replica_pid(client, deployment)
+                    pid = replica_pid(client, deployment, opts.recovery_timeout_s)
+                    if pid is None:
+                        raise RuntimeError(f"no replica of {deployment} reported its pid")
                     with Recovery(client, bodies[0], pid, opts.kill_at, opts.recovery_timeout_s) as recovery:
                         load = run_wrk(WrkRun(server.url + "/v1/predict", opts.connections, opts.seconds,
                                               threads_for(opts.connections), script), wrk)
@@ -103,7 +110,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                         "p99_ms": load["latency_ms"]["p99"], "max_ms": load["latency_ms"]["max"],
                         "requests": load["requests"], "statuses": load["statuses"], "degraded": load["marked"],
                         "socket_errors": load["socket_errors"], "whole_again_after_s": recovery.whole_after_s,
-                        "replaced": recovery.whole_after_s is not None and replica_pid(client, deployment) != pid,
+                        "replaced": replica_pid(client, deployment, opts.recovery_timeout_s) not in (None, pid),
                     })
                     print(json.dumps(deaths[-1]), flush=True)
         finally:

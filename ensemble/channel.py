@@ -377,10 +377,10 @@ class DirectMember:
         # This caller's calls per replica, counted from the choice rather than the send: calls still
         # waiting for a connection are in flight too, or concurrent first calls would pick one replica.
         self._in_flight: dict[Endpoint, int] = {}
-        # A connection dropped mid-call, and since then no call succeeded and Serve named no replica
-        # but those that failed: its replica died, and Serve's path would hold calls until a new one runs.
-        self._lost = False
-        self._failed: set[Endpoint] = set()  # the replicas that dropped or refused a connection while lost
+        # The replica whose connection dropped mid-call, and those that refused one since, until a
+        # call succeeds or Serve names another replica. Not empty: the member is lost, as its replica
+        # died and Serve's path would hold calls until a new one runs.
+        self._lost: set[Endpoint] = set()
 
     async def _refresh(self) -> None:
         try:
@@ -393,8 +393,8 @@ class DirectMember:
         self._refreshes += 1
         if endpoint is not None:
             self._chosen[endpoint] = self._refreshes
-            if endpoint not in self._failed:
-                self._recovered()
+            if endpoint not in self._lost:
+                self._lost.clear()
         for known, when in list(self._chosen.items()):
             if self._refreshes - when > self._forget_after:
                 del self._chosen[known]
@@ -436,7 +436,7 @@ class DirectMember:
             self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
             self._chosen.pop(endpoint, None)  # nothing listens there: known again only if Serve names it again
             if self._lost:
-                self._failed.add(endpoint)
+                self._lost.add(endpoint)
             return None
         self._connections[endpoint] = connection
         return connection
@@ -466,17 +466,13 @@ class DirectMember:
         else:
             body = None
         if body is not None:
-            self._recovered()
+            self._lost.clear()
             return decode_predictions(body, len(windows))
         if self._lost and self._least_loaded(time.monotonic()) is None:
             # Serve's path would hold the call until a new replica runs (seconds): the member is
             # left out of answers at once instead of at the deadline.
             raise ChannelLost("the replica's connection was lost and Serve names no other replica yet")
         return await self._fallback(windows)
-
-    def _recovered(self) -> None:
-        self._lost = False
-        self._failed.clear()
 
     async def _call(self, endpoint: Endpoint, windows: np.ndarray) -> memoryview | object | None:
         """The reply of the replica at `endpoint`, `_REFUSED` when it could not be reached, or None
@@ -491,8 +487,7 @@ class DirectMember:
             except ChannelLost:
                 self._connections.pop(endpoint, None)
                 self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
-                self._lost = True
-                self._failed.add(endpoint)
+                self._lost.add(endpoint)
                 return None
         finally:
             left = self._in_flight.pop(endpoint) - 1
