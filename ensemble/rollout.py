@@ -48,7 +48,11 @@ class RolloutPlan(StrictModel):
         "stable has served min_requests in it). Windows that every version fails on, such as values far beyond "
         "the training data's, then do not roll a canary back.",
     )
-    max_p99_latency_s: float = Field(0.5, gt=0, description="Gate: p99 seconds of the canary's calls.")
+    max_p99_latency_s: float = Field(
+        0.5, ge=LATENCY_BOUNDS[0], le=LATENCY_BOUNDS[-1],
+        description="Gate: p99 seconds of the canary's calls; within the latency histogram's range (0.5 ms to "
+        "15.5 s), as a p99 outside it cannot be read.",
+    )
 
     @model_validator(mode="after")
     def _steps(self) -> RolloutPlan:

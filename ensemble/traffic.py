@@ -3,8 +3,10 @@
 With a key, assignment is weighted rendezvous hashing: each version scores the key as
 -ln(u)/share with u a hash of (key, version) in (0, 1), and the lowest score wins. A key
 therefore keeps its version while the split is unchanged, a version wins keys in proportion
-to its share, and raising one share only moves keys *to* that version (monotone), however
-many versions there are. Without a key, assignment is random at the configured shares.
+to its share, and raising one share while the others keep their proportions only moves keys
+*to* that version (monotone), however many versions there are. A change that also moves the
+others' proportions (50/30/20 to 20/30/50) moves keys between them as well: their scores'
+order changes. Without a key, assignment is random at the configured shares.
 """
 from __future__ import annotations
 

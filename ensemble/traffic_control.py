@@ -11,6 +11,7 @@ config that declares something else means the operator changed their mind: the c
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from ensemble.traffic import ChangeRejected, check_shadow, check_split
 
 TRAFFIC_DOCUMENT = "traffic"
 ROLLOUTS_DOCUMENT = "rollouts"
+logger = logging.getLogger(__name__)
 Action = Literal["pause", "resume", "promote", "rollback"]
 
 
@@ -84,7 +86,7 @@ class TrafficController:
                                                        "under way", "split": spec.split,
                                                        "shadow": self.shadows[member]}))
             if spec.rollout is not None:
-                events.append(self._start(member, spec.rollout, None, "declared in the graph config"))
+                events.append(self._start_declared(member, spec.rollout))
         self._save(events)
 
     # -- what routers serve with -----------------------------------------------------------
@@ -188,15 +190,27 @@ class TrafficController:
         versions = set(self.declared[member].versions)
         return set(saved["split"]) <= versions and set(saved["shadow"]) <= versions
 
+    def _start_declared(self, member: str, plan: RolloutPlan) -> tuple[str, str, dict]:
+        """Start the rollout the config declares, or record why it cannot start: the traffic in
+        force may differ from the config's (a rollout of the same canary that ended in promotion,
+        an admin's split), and one the config cannot start must not stop the control plane."""
+        try:
+            return self._start(member, plan, None, "declared in the graph config")
+        except ChangeRejected as exc:
+            logger.warning("the rollout of %s that the graph config declares did not start: %s", member, exc)
+            return ("rollout.not_started", member, {"reason": f"declared in the graph config, not started: {exc}",
+                                                    "split": self.splits[member], "canary": plan.canary})
+
     def _start(self, member: str, plan: RolloutPlan, stable: str | None, why: str) -> tuple[str, str, dict]:
         versions = list(self.declared[member].versions)
         if plan.canary not in versions:
             raise ChangeRejected(f"canary {plan.canary!r} is not a deployed version of {member} ({versions})")
-        others = {v: s for v, s in self.splits[member].items() if v != plan.canary}
-        stable = stable or max(others, key=others.__getitem__, default=None)
-        if stable is None or stable == plan.canary or stable not in versions:
-            raise ChangeRejected(f"stable version {stable!r} must be a deployed version of {member} other than "
-                                 f"the canary")
+        # A rollout moves traffic away from its stable version: one serving nothing has none to give.
+        serving = {v: s for v, s in self.splits[member].items() if v != plan.canary and s > 0}
+        stable = stable or max(serving, key=serving.__getitem__, default=None)
+        if stable not in serving:
+            raise ChangeRejected(f"stable version {stable!r} must be a version of {member} other than the canary "
+                                 f"{plan.canary!r} that serves traffic (split in force: {self.splits[member]})")
         rollout = Rollout(member=member, stable=stable, plan=plan, started_at=self.clock())
         self.rollouts[member] = rollout
         return self._apply(rollout, Transition("started", why, {"stable": stable, "canary": plan.canary,

@@ -243,6 +243,41 @@ def test_a_rollout_that_ended_leaves_its_split_when_the_config_drops_it(tmp_path
     assert again.snapshot()["patchtst"]["split"] == {"v1": 0.0, "v2": 1.0}
 
 
+
+def test_a_changed_rollout_block_after_promotion_neither_reverts_traffic_nor_stops_the_control_plane(tmp_path: Path):
+    clock = Clock()
+    declared = {**DECLARED, "patchtst": Declared(("v1", "v2"), {"v1": 1.0}, {}, PLAN)}
+    control = controller(tmp_path / "s.db", clock, declared)
+    walk(control, clock, canary_error=0.01)
+    assert control.snapshot()["patchtst"]["split"] == {"v1": 0.0, "v2": 1.0}
+    # The operator edits the rollout block: v1 serves nothing, so there is nothing to roll from.
+    edited = {**DECLARED, "patchtst": Declared(("v1", "v2"), {"v1": 1.0}, {}, PLAN.model_copy(update={"interval_s": 30}))}
+    again = controller(tmp_path / "s.db", clock, edited)
+    assert again.snapshot()["patchtst"]["split"] == {"v1": 0.0, "v2": 1.0}
+    assert "patchtst" not in again.rollouts
+    last = again.report()["patchtst"]["history"][-1]
+    assert last["kind"] == "rollout.not_started" and "serves traffic" in last["detail"]["reason"]
+    # Where an admin's split leaves v1 out altogether, the same: the control plane starts.
+    again.set_traffic("patchtst", TrafficChange(split={"v2": 1.0}))
+    assert controller(tmp_path / "s.db", clock, edited).snapshot()["patchtst"]["split"] == {"v2": 1.0}
+
+
+def test_an_admin_rollout_needs_a_stable_version_that_serves_traffic(tmp_path: Path):
+    control = controller(tmp_path / "s.db", Clock())
+    control.set_traffic("patchtst", TrafficChange(split={"v1": 0.0, "v2": 1.0}))
+    three = {**DECLARED, "patchtst": Declared(("v1", "v2", "v3"), {"v1": 1.0}, {}, None)}
+    for control, canary, stable in ((control, "v2", None), (control, "v2", "v1"),
+                                    (controller(tmp_path / "t.db", Clock(), three), "v2", "v3")):
+        before = control.snapshot()
+        with pytest.raises(ChangeRejected, match="serves traffic") as caught:
+            control.start_rollout("patchtst", PLAN.model_copy(update={"canary": canary}), stable)
+        assert not caught.value.conflict and control.snapshot() == before
+    # By default the version serving most of the rest is the stable one.
+    control = controller(tmp_path / "u.db", Clock(), three)
+    control.set_traffic("patchtst", TrafficChange(split={"v1": 0.3, "v2": 0.0, "v3": 0.7}))
+    control.start_rollout("patchtst", PLAN)
+    assert control.rollouts["patchtst"].stable == "v3"
+
 def test_labels_a_rollout_learned_from_survive_a_restart_before_its_tick(tmp_path: Path):
     """The rollout's windows are saved with the labels, which are then applied for good."""
     clock = Clock()
@@ -328,6 +363,10 @@ def test_plan_validation():
         RolloutPlan(canary="v2", steps=[])
     with pytest.raises(ValueError, match="one below 100 first"):  # its MSE gate would wait for ever
         RolloutPlan(canary="v2", steps=[100])
+    for limit in (0.0002, 20.0):  # beyond the histogram's buckets the p99 reads 0.5 ms or infinity
+        with pytest.raises(ValidationError, match="max_p99_latency_s"):
+            RolloutPlan(canary="v2", max_p99_latency_s=limit)
+    assert RolloutPlan(canary="v2", max_p99_latency_s=15.0).max_p99_latency_s == 15.0
 
 
 def test_admin_token_and_authorisation(tmp_path: Path):

@@ -29,9 +29,9 @@ def test_sticky_for_repeated_keys():
 @pytest.mark.parametrize("versions", [["v1", "v2"], ["v1", "v2", "v3"]])
 def test_growing_share_only_moves_keys_to_that_version(versions):
     previous = None
+    others = {v: i + 1.0 for i, v in enumerate(versions[:-1])}  # unequal, in fixed proportions
     for canary in (0.0, 0.05, 0.1, 0.2, 0.5, 1.0):
-        rest = (1 - canary) / (len(versions) - 1)
-        split = {v: rest for v in versions[:-1]} | {versions[-1]: canary}
+        split = {v: (1 - canary) * w / sum(others.values()) for v, w in others.items()} | {versions[-1]: canary}
         assigned = {k: sticky_version(k, split) for k in KEYS}
         if previous is not None:
             moved = [k for k in KEYS if assigned[k] != previous[k]]
