@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -81,6 +81,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    """`ids` in slices of IN_CHUNK, each for one `IN (...)` query."""
+    for start in range(0, len(ids), IN_CHUNK):
+        yield ids[start : start + IN_CHUNK]
+
+
 def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
@@ -130,7 +136,8 @@ class StateStore:
         # latest answer is what a label refers to.
         latest = {rid: (created, members) for rid, created, members in rows}
         with self.engine.begin() as conn:
-            replaced = conn.execute(delete(predictions).where(predictions.c.request_id.in_(list(latest)))).rowcount
+            replaced = sum(conn.execute(delete(predictions).where(predictions.c.request_id.in_(chunk))).rowcount
+                           for chunk in _chunks(list(latest)))
             conn.execute(insert(predictions),
                          [{"request_id": rid, "created_at": t, "members": m} for rid, (t, m) in latest.items()])
         return len(latest) - replaced
@@ -143,9 +150,9 @@ class StateStore:
         if not ids:
             return found
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), IN_CHUNK):
+            for chunk in _chunks(ids):
                 query = select(predictions.c.request_id, predictions.c.created_at, predictions.c.members).where(
-                    predictions.c.request_id.in_(ids[start : start + IN_CHUNK]), predictions.c.created_at >= since)
+                    predictions.c.request_id.in_(chunk), predictions.c.created_at >= since)
                 found.update((rid, (created, members)) for rid, created, members in conn.execute(query))
         return found
 
@@ -202,8 +209,7 @@ class StateStore:
         ids = list(request_ids)
         known: set[str] = set()
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), IN_CHUNK):
-                chunk = ids[start : start + IN_CHUNK]
+            for chunk in _chunks(ids):
                 known.update(conn.execute(select(labels.c.request_id).where(labels.c.request_id.in_(chunk))).scalars())
         return known
 
@@ -223,8 +229,8 @@ class StateStore:
                     [{"request_id": i, "actual": a, "received_at": t, "status": s} for i, a, t, s in new],
                 )
             for status in set(status_changes.values()):
-                ids = [i for i, s in status_changes.items() if s == status]
-                conn.execute(labels.update().where(labels.c.request_id.in_(ids)).values(status=status))
+                for chunk in _chunks([i for i, s in status_changes.items() if s == status]):
+                    conn.execute(labels.update().where(labels.c.request_id.in_(chunk)).values(status=status))
             self._put_documents(conn, documents_to_save, now)
 
     @_store_errors

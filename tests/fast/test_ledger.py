@@ -1,9 +1,11 @@
 """Prediction log, feedback join and persistence, on a real SQLite file (no Ray)."""
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 
 from ensemble.ledger import CACHED_PREDICTIONS, CLOCK_SKEW_S, COUNT_CAP_EVERY_S, Ledger, LedgerSpec
 from ensemble.store import StateStore, StateStoreError
@@ -226,6 +228,25 @@ def test_a_request_id_repeated_within_one_batch_keeps_the_latest(tmp_path: Path)
     assert again.trust.stats["a-v1"].labels == 1 and again.trust.stats["b-v1"].labels == 1
     assert again.trust.stats["a-v1"].recent() == 0.0  # the latest prediction (1.0) was joined, not 5.0
 
+
+
+def test_many_waiting_labels_and_repeated_ids_fit_the_databases_query_limits(tmp_path: Path):
+    """SQLite bounds the parameters of one query (32,766 by default, 999 here): labels settling
+    together and a batch of predictions replacing logged ones go in several queries."""
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, join_grace_s=5)
+    sqlalchemy_event.listen(book.store.engine, "connect",
+                            lambda conn, _: conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    book.store.engine.dispose()
+    ids = [f"r{i}" for i in range(2500)]
+    assert book.feedback([(rid, 0.001) for rid in ids]).pending == len(ids)  # none logged yet
+    clock.now += 6
+    book.expire()  # their wait ends together: one status change for all of them
+    assert book.store.label_counts().get("pending", 0) == 0
+    rows = [(rid, clock.now, {"a-v1": 0.0}) for rid in ids]
+    book.record(rows)
+    book.record(rows)  # the same ids again: each replaces its logged prediction
+    assert book.store.count_predictions() == len(ids)
 
 def test_labels_the_store_failed_to_keep_are_learned_once_when_sent_again(tmp_path: Path):
     """Memory never runs ahead of the store: a retried feedback counts once, in memory and on disk."""
