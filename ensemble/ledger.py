@@ -63,7 +63,8 @@ class FeedbackReport:
 class LabelObserver(Protocol):
     """Learns from joined labels besides trust (the rollouts' gates), with its state as documents."""
 
-    def observe_labels(self, joined: list[Joined]) -> None: ...
+    def observe_labels(self, joined: list[Joined], bound: float) -> None:
+        """`joined` labels, each residual counted at most `bound` away, as trust counts it."""
 
     def documents(self) -> dict[str, Any]: ...
 
@@ -183,7 +184,7 @@ class Ledger:
     def _learn(self, joined: list[Joined]) -> int:
         applied = self.trust.update(joined)
         if self.observer is not None:
-            self.observer.observe_labels(joined)
+            self.observer.observe_labels(joined, self.trust.residual_bound())
         return applied
 
     def _save(self, report: FeedbackReport, rows: list[tuple[str, float, float, str]], changes: dict[str, str],

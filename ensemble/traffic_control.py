@@ -12,6 +12,7 @@ config that declares something else means the operator changed their mind: the c
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -139,13 +140,15 @@ class TrafficController:
             if rollout is not None:
                 rollout.observe_calls(self.version_of[name][1], s["requests"], s["errors"], s["latency"])
 
-    def observe_labels(self, joined: Iterable[tuple[Mapping[str, float], float]]) -> None:
-        """Joined feedback (deployment name -> prediction, actual), scored per version for the gates."""
+    def observe_labels(self, joined: Iterable[tuple[Mapping[str, float], float]], bound: float = math.inf) -> None:
+        """Joined feedback (deployment name -> prediction, actual), scored per version for the
+        gates, each residual at most `bound` (trust's): one label in the wrong unit on either
+        side would otherwise decide the MSE gate by itself."""
         for predictions, actual in joined:
             for name, predicted in predictions.items():
                 rollout = self._rollout_of(name)
                 if rollout is not None:
-                    rollout.observe_label(self.version_of[name][1], actual - predicted)
+                    rollout.observe_label(self.version_of[name][1], min(max(actual - predicted, -bound), bound))
 
     def tick(self) -> bool:
         """Judge every progressing rollout; saves and returns True when traffic changed."""

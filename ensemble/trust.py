@@ -163,6 +163,11 @@ class TrustBook:
     # them: before that nothing bounds a label, and one wrong one would stay in every member's errors.
     held: list[tuple[dict[str, float], float]] = field(default_factory=list)
 
+    def residual_bound(self) -> float:
+        """How far from its prediction the next label counts at most, as trust learns it (no
+        bound until the first ROBUST_FROM labels are in)."""
+        return self.scale.center_and_bound()[1] if self.scale.count else math.inf
+
     def update(self, joined: Iterable[tuple[Mapping[str, float], float]]) -> int:
         """Apply labels: each is (member version -> its prediction, actual). Returns how many."""
         count = 0

@@ -297,6 +297,31 @@ def test_labels_a_rollout_learned_from_survive_a_restart_before_its_tick(tmp_pat
     assert ledger.feedback([("r0", 0.1)]).duplicate == 1
 
 
+
+def test_one_label_in_the_wrong_unit_counts_at_trusts_bound_in_the_mse_gate(tmp_path: Path):
+    """A percent sent for a fraction on one stable request: unbounded, its squared residual (144)
+    outweighed a canary a hundred times worse; at trust's bound (ten of the labels' deviations)
+    it does not."""
+    clock = Clock()
+    control = controller(tmp_path / "s.db", clock)
+    trust = TrustBook(TrustSpec(), {"patchtst-v1": 1.0, "patchtst-v2": 1.0, "lstm-v1": 1.0})
+    ledger = Ledger(StateStore(f"sqlite:///{tmp_path / 's.db'}"), trust, LedgerSpec(), clock, observer=control)
+    control.start_rollout("patchtst", PLAN.model_copy(update={"min_labels": 100}))
+    noise = np.random.default_rng(0).normal(size=100)
+    for version, spread in (("v1", 0.01), ("v2", 0.1)):
+        ledger.record([(f"{version}-{i}", clock.now, {f"patchtst-{version}": 0.0}) for i in range(100)])
+        ledger.feedback([(f"{version}-{i}", spread * z) for i, z in enumerate(noise)])
+    ledger.record([("wrong-unit", clock.now, {"patchtst-v1": 0.0})])
+    ledger.feedback([("wrong-unit", 12.0)])
+    stats = CallStats()
+    stats.add("patchtst-v1", 100, False, 0.005)
+    stats.add("patchtst-v2", 100, False, 0.005)
+    control.observe_calls(stats.drain())
+    clock.now += PLAN.interval_s
+    control.tick()
+    assert control.rollouts["patchtst"].status == "rolled_back"
+    assert "MSE" in control.rollouts["patchtst"].reason
+
 def test_a_change_the_store_failed_to_keep_is_not_served(tmp_path: Path):
     """Admin changes and the tick's transitions hold in memory only once the store has them."""
     clock = Clock()
