@@ -19,7 +19,7 @@ from ensemble.ledger import Ledger, PredictionRow
 from ensemble.rollout import RolloutPlan
 from ensemble.store import StateStore, StateStoreError
 from ensemble.traffic import ChangeRejected
-from ensemble.traffic_control import Action, Declared, TrafficChange, TrafficController
+from ensemble.traffic_control import Action, Declared, TrafficChange, TrafficController, shares_to_publish
 from ensemble.trust import TrustBook
 from models.errors import ModelLoadError
 from models.repository import read_manifest
@@ -57,15 +57,14 @@ class RolloutMetrics:
             "ensemble_rollout_transitions", "Rollout transitions (started, advanced, promoted, rolled_back...).",
             ("model", "kind"),
         )
+        self._published: dict[str, set[tuple[str, str]]] = {"split": set(), "shadow": set()}
 
     def publish(self, snapshot: dict[str, dict[str, dict[str, float]]], events: list[tuple[str, str, dict]]) -> None:
         for kind, model, _ in events:
             self.transitions.inc(1, {"model": model, "kind": kind})
-        for model, traffic in snapshot.items():
-            for version, share in traffic["split"].items():
-                self.share.set(share, {"model": model, "version": version})
-            for version, share in traffic["shadow"].items():
-                self.shadow.set(share, {"model": model, "version": version})
+        for gauge, part in ((self.share, "split"), (self.shadow, "shadow")):
+            for (model, version), share in shares_to_publish(snapshot, part, self._published[part]).items():
+                gauge.set(share, {"model": model, "version": version})
 
 
 def _baselines(args: GraphArgs) -> dict[str, float]:

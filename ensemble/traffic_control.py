@@ -256,6 +256,17 @@ class TrafficController:
         self._unpublished.extend(events)
 
 
+def shares_to_publish(snapshot: Mapping[str, Mapping[str, Mapping[str, float]]], part: Literal["split", "shadow"],
+                      published: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
+    """(member, version) -> its share in `part` of `snapshot`, and 0 for every version in
+    `published` that `snapshot` leaves out (a shadow set to 0 is dropped, a split may omit a
+    version): a gauge keeps its last value until it is set again. Adds what it returns to `published`."""
+    shares = {(member, version): share for member, traffic in snapshot.items() for version, share in traffic[part].items()}
+    shares |= {key: 0.0 for key in published - shares.keys()}
+    published.update(shares)
+    return shares
+
+
 def _declared_traffic(spec: Declared) -> dict[str, dict[str, float]]:
     return {"split": spec.split, "shadow": spec.shadow}
 

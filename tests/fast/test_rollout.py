@@ -12,7 +12,7 @@ from ensemble.ledger import Ledger, LedgerSpec
 from ensemble.rollout import CallStats, Rollout, RolloutPlan, VersionWindow, latency_bucket
 from ensemble.store import StateStore, StateStoreError
 from ensemble.traffic import ChangeRejected
-from ensemble.traffic_control import Declared, TrafficChange, TrafficController
+from ensemble.traffic_control import Declared, TrafficChange, TrafficController, shares_to_publish
 from ensemble.trust import TrustBook, TrustSpec
 from tests.store_lock import write_locked
 
@@ -362,6 +362,18 @@ def test_labels_the_store_failed_to_keep_teach_a_rollout_once(tmp_path: Path):
     assert ledger.feedback(labels).applied == 30
     assert control.rollouts["patchtst"].canary_window.labels == 30
 
+
+
+def test_shares_published_as_gauges_fall_to_zero_when_a_version_is_left_out(tmp_path: Path):
+    control = controller(tmp_path / "s.db", Clock())
+    published = {"split": set(), "shadow": set()}
+    control.set_traffic("patchtst", TrafficChange(split={"v1": 0.9, "v2": 0.1}, shadow={"v2": 0.2}))
+    assert shares_to_publish(control.snapshot(), "shadow", published["shadow"]) == {("patchtst", "v2"): 0.2}
+    shares_to_publish(control.snapshot(), "split", published["split"])
+    control.set_traffic("patchtst", TrafficChange(split={"v2": 1.0}, shadow={}))
+    assert shares_to_publish(control.snapshot(), "split", published["split"]) == {
+        ("patchtst", "v1"): 0.0, ("patchtst", "v2"): 1.0, ("lstm", "v1"): 1.0}
+    assert shares_to_publish(control.snapshot(), "shadow", published["shadow"]) == {("patchtst", "v2"): 0.0}
 
 def test_version_window_and_call_stats():
     window = VersionWindow()
