@@ -372,7 +372,9 @@ class EnsembleRouter:
 
     async def _flush_log(self) -> None:
         async with self._shipping:
-            await self._ship()
+            # A caller that goes away (a feedback client disconnecting) must not take with it the
+            # rows being shipped: they left the buffer when the shipment began.
+            await asyncio.shield(self._ship())
 
     async def _ship(self) -> None:
         self.metrics.publish()
