@@ -233,11 +233,14 @@ class TrustBook:
             least = min(losses.values(), default=0.0)
             raw = {m: self.priors.get(m, 1.0) * math.exp(-self.spec.learning_rate * (losses[m] - least)) for m in names}
         else:
-            floor_mse = self.scale.variance * VARIANCE_FLOOR
+            # Each MSE in units of the labels' variance: the same proportions, and finite however
+            # small the labels' unit (at 1e-160 the floor itself underflowed and 1/MSE was inf).
+            variance = self.scale.variance
             raw = {}
             for m in names:
                 recent = self.stats[m].recent() if m in self.stats else None
-                raw[m] = self.priors.get(m, 1.0) / max(recent if recent is not None else self.scale.variance, floor_mse)
+                relative = recent / variance if recent is not None else 1.0
+                raw[m] = self.priors.get(m, 1.0) / max(relative, VARIANCE_FLOOR)
         return self._floored(raw)
 
     def _mean_discounted_loss(self) -> float:

@@ -183,3 +183,17 @@ def test_a_member_off_by_exactly_a_constant_is_flagged_for_bias():
     book.update(({"a-v1": y - 0.5}, y) for y in np.random.default_rng(6).normal(size=200))
     drift = book.drift("a-v1")
     assert drift["drift"] is True and "residual" in drift["reason"] and drift["bias_z"] > 4
+
+
+@pytest.mark.parametrize("policy", ["hedge", "inverse_error"])
+def test_weights_stay_finite_and_ordered_whatever_the_labels_unit(policy: str):
+    """Labels around 1e-160 are valid numbers: inverse_error's 1/MSE overflowed to inf and the
+    normalised weights became NaN, which answers nothing."""
+    rng = np.random.default_rng(0)
+    book = TrustBook(TrustSpec(policy=policy), priors={"a-v1": 1.0, "b-v1": 1.0})
+    actual = rng.normal(size=300) * 1e-160
+    book.update([({"a-v1": y + 1e-162 * z, "b-v1": y + 1e-160 * z}, y)
+                 for y, z in zip(actual, rng.normal(size=300))])
+    weights = book.weights()
+    assert all(np.isfinite(w) and w > 0 for w in weights.values())
+    assert weights["a-v1"] > weights["b-v1"]
