@@ -138,11 +138,16 @@ class LabelScale:
 
 def _median_bound(labels: list[float]) -> tuple[float, float]:
     """The labels' median, and the bound their median absolute deviation gives (inf with fewer
-    than ROBUST_FROM, or where most are equal and it is 0)."""
+    than ROBUST_FROM, or where all are equal). Where most are equal (returns of exactly 0 in a
+    quiet market) that deviation is 0: the labels that differ from the median give it instead,
+    so that one wrong label among them is still bounded."""
     if len(labels) < ROBUST_FROM:
         return 0.0, math.inf
     median = statistics.median(labels)
-    mad = statistics.median(abs(x - median) for x in labels)
+    deviations = [abs(x - median) for x in labels]
+    mad = statistics.median(deviations)
+    if mad == 0:
+        mad = statistics.median(d for d in deviations if d > 0) if any(deviations) else 0.0
     return median, OUTLIER_SIGMAS * MAD_TO_SIGMA * mad if mad > 0 else math.inf
 
 

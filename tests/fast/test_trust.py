@@ -197,3 +197,20 @@ def test_weights_stay_finite_and_ordered_whatever_the_labels_unit(policy: str):
     weights = book.weights()
     assert all(np.isfinite(w) and w > 0 for w in weights.values())
     assert weights["a-v1"] > weights["b-v1"]
+
+
+def test_a_wrong_label_among_first_labels_mostly_equal_leaves_no_trace():
+    """Returns of exactly 0 made most of the first labels equal, so their median deviation was 0
+    and nothing bounded the one label in the wrong unit among them: the scale kept it for good."""
+    rng = np.random.default_rng(5)
+    noise = {"good-v1": 0.1, "poor-v1": 1.0}
+
+    def labels(n: int) -> list[tuple[dict[str, float], float]]:
+        return [({m: y + rng.normal(0, s) for m, s in noise.items()}, y) for y in rng.normal(0, 1, n)]
+
+    zero = ({m: 0.0 for m in noise}, 0.0)
+    book = TrustBook(TrustSpec(policy="hedge"), priors=dict.fromkeys(noise, 1.0))
+    book.update([zero] * 3 + [({m: 0.0 for m in noise}, 1e6)] + [zero] * 14 + labels(12) + labels(3000))
+    weights = book.weights()
+    assert book.scale.variance < 10  # 2e8 before: every later loss rounded to 0 and hedge stayed at 0.5 / 0.5
+    assert weights["good-v1"] > 0.9 * sum(weights.values())
