@@ -30,6 +30,9 @@ COUNT_CAP_EVERY_S = 60.0
 # and the shadow outputs that follow them join without a read. Older ones are read from the store
 # when their labels come, so the log's size costs the control plane disk, not memory or start time.
 CACHED_PREDICTIONS = 20_000
+# Shadow outputs kept for a request whose own prediction has not been logged yet: a shadow is
+# mirrored before the fan-out and may answer, and be shipped, first. The oldest go beyond this.
+EARLY_SHADOWS = 10_000
 
 
 class LedgerSpec(StrictModel):
@@ -92,6 +95,7 @@ class Ledger:
         )
         self._logged = store.count_predictions()
         self._pending: dict[str, tuple[float, float]] = {rid: (a, t) for rid, a, t in store.pending_labels()}
+        self._early_shadows: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.totals = FeedbackReport(**documents.get(TOTALS_DOCUMENT, {}))
         self._capped_at = -float("inf")
 
@@ -99,8 +103,10 @@ class Ledger:
         """Log predictions; labels that were waiting for them are applied now.
 
         A row replaces an earlier prediction under the same request id (a label refers to the
-        latest answer); a shadow row adds a mirrored version's output to its request's row.
+        latest answer); a shadow row adds a mirrored version's output to its request's row, now
+        or, where that row comes in a later batch, then.
         """
+        rows = [(rid, created, {**members, **self._early_shadows.pop(rid, {})}) for rid, created, members in rows]
         for rid, created, members in rows:
             self._recent[rid] = (created, members)
             self._recent.move_to_end(rid)
@@ -113,6 +119,10 @@ class Ledger:
                 merged.append((rid, created, logged[rid][1]))
                 if rid in self._recent:
                     self._recent[rid] = logged[rid]
+            else:
+                self._early_shadows[rid] = {**self._early_shadows.get(rid, {}), **members}
+                if len(self._early_shadows) > EARLY_SHADOWS:
+                    self._early_shadows.popitem(last=False)
         # Labels waiting for these rows join before eviction, which may drop the rows themselves.
         waiting = {rid: self._recent[rid][1] for rid, _, _ in rows if rid in self._pending}
         self._evict()

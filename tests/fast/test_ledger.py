@@ -248,6 +248,17 @@ def test_many_waiting_labels_and_repeated_ids_fit_the_databases_query_limits(tmp
     book.record(rows)  # the same ids again: each replaces its logged prediction
     assert book.store.count_predictions() == len(ids)
 
+
+def test_a_shadow_output_shipped_before_its_requests_prediction_is_scored(tmp_path: Path):
+    """A shadow is mirrored before the fan-out and may answer first, in an earlier shipment."""
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, join_grace_s=0)
+    book.record([], shadow_rows=[("r1", clock.now, {"b-v1": 1.0})])
+    book.record([("r1", clock.now, {"a-v1": 0.5})])
+    assert book.feedback([("r1", 1.0)]).applied == 1
+    assert book.trust.stats["a-v1"].labels == 1 and book.trust.stats["b-v1"].labels == 1
+    assert ledger(tmp_path / "s.db", clock).store.logged_predictions(["r1"], 0.0)["r1"][1] == {"a-v1": 0.5, "b-v1": 1.0}
+
 def test_labels_the_store_failed_to_keep_are_learned_once_when_sent_again(tmp_path: Path):
     """Memory never runs ahead of the store: a retried feedback counts once, in memory and on disk."""
     clock = Clock()
