@@ -17,7 +17,7 @@ from ray.util import metrics
 from ensemble.config import GraphArgs, deployment_name
 from ensemble.ledger import Ledger, PredictionRow
 from ensemble.rollout import RolloutPlan
-from ensemble.store import StateStore, StateStoreError
+from ensemble.store import StateStore, StateStoreError, StateStoreSuperseded
 from ensemble.traffic import ChangeRejected
 from ensemble.traffic_control import Action, Declared, TrafficChange, TrafficController, shares_to_publish
 from ensemble.trust import TrustBook
@@ -99,6 +99,9 @@ class ControlPlane:
         priors = {name: self.args.members[model].prior for name, (model, _) in self.members.items()}
         trust = TrustBook(self.args.trust, priors, _baselines(self.args))
         store = StateStore(self.args.state.url)
+        # Before reading it: Serve starts this replica while the one it replaces may still be
+        # draining, whose writes would then overwrite what this one learns.
+        store.claim()
         self.traffic = TrafficController(store, {
             model: Declared(tuple(spec.versions), spec.split(), dict(spec.shadow), spec.rollout)
             for model, spec in self.args.members.items()
@@ -124,6 +127,9 @@ class ControlPlane:
                     self._bump()
                 self.metrics.publish(self.trust_report()["members"])
                 self.rollout_metrics.publish(self.traffic.snapshot(), self.traffic.drain_events())
+            except StateStoreSuperseded:
+                logger.warning("a newer control plane took over the state store: this replica's housekeeping stops")
+                return
             except Exception:  # noqa: BLE001 - housekeeping must outlive a passing store error
                 logger.exception("control-plane housekeeping failed")
 

@@ -36,6 +36,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 metadata = MetaData()
 IN_CHUNK = 500  # request ids per `IN (...)` query: SQLite's bound parameters are limited
+OWNER_DOCUMENT = "owner"  # the generation of the control plane that last claimed the store
 
 predictions = Table(
     "predictions",
@@ -97,6 +98,12 @@ class StateStoreError(RuntimeError):
     a malformed value) stay SQLAlchemy's."""
 
 
+class StateStoreSuperseded(StateStoreError):
+    """A newer control plane claimed the store (Serve starts a replacement while the old replica
+    still drains): this one's documents are stale, and it may no longer write them. Sent again,
+    a change reaches the newer one."""
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -125,6 +132,7 @@ class StateStore:
         metadata.create_all(self.engine)
         for index in LABEL_INDEXES:  # create_all leaves the tables of an older store as they were
             index.create(self.engine, checkfirst=True)
+        self._generation: int | None = None  # claimed by a control plane; others never check
 
     # -- prediction log ---------------------------------------------------------------
     @_store_errors
@@ -223,6 +231,7 @@ class StateStore:
         """New labels, status changes of earlier ones and the state they produced: one transaction."""
         now = time.time()
         with self.engine.begin() as conn:
+            self._check_owner(conn)
             if new:
                 conn.execute(
                     insert(labels),
@@ -252,10 +261,37 @@ class StateStore:
             conn.execute(insert(documents), [{"name": n, "value": v, "updated_at": now} for n, v in values.items()])
 
     @_store_errors
+    def claim(self) -> int:
+        """Make this store's writer the store's only one, before reading what it will write:
+        a writer that claimed it before gets `StateStoreSuperseded` for its later documents
+        and labels (its in-memory state would overwrite what this one learns). The generation."""
+        with self.engine.begin() as conn:
+            self._generation = self._owner(conn) + 1
+            # An object: SQLite's JSON column would turn a bare number's text into an integer.
+            self._put_documents(conn, {OWNER_DOCUMENT: {"generation": self._generation}}, time.time())
+        return self._generation
+
+    @staticmethod
+    def _owner(conn: Any) -> int:
+        """The generation that last claimed the store (0: none), locked until the transaction ends."""
+        owner = conn.execute(select(documents.c.value).where(documents.c.name == OWNER_DOCUMENT)
+                             .with_for_update()).scalar()
+        return int(owner["generation"]) if owner else 0
+
+    def _check_owner(self, conn: Any) -> None:
+        if self._generation is None:
+            return
+        current = self._owner(conn)
+        if current != self._generation:
+            raise StateStoreSuperseded(f"another control plane (generation {current}) took over the state store "
+                                       f"from this one (generation {self._generation})")
+
+    @_store_errors
     def put_documents(self, values: dict[str, Any], new_events: Sequence[tuple[str, str, dict]] = ()) -> None:
         """Save documents and append events (kind, subject, detail) in one transaction."""
         now = time.time()
         with self.engine.begin() as conn:
+            self._check_owner(conn)
             self._put_documents(conn, values, now)
             if new_events:
                 conn.execute(insert(events), [{"at": now, "kind": k, "subject": s, "detail": d} for k, s, d in new_events])

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event as sqlalchemy_event
 
 from ensemble.ledger import CACHED_PREDICTIONS, CLOCK_SKEW_S, COUNT_CAP_EVERY_S, Ledger, LedgerSpec
-from ensemble.store import StateStore, StateStoreError
+from ensemble.store import StateStore, StateStoreError, StateStoreSuperseded
 from ensemble.trust import ROBUST_FROM, TrustBook, TrustSpec
 from tests.store_lock import write_locked
 
@@ -258,6 +258,27 @@ def test_a_shadow_output_shipped_before_its_requests_prediction_is_scored(tmp_pa
     assert book.feedback([("r1", 1.0)]).applied == 1
     assert book.trust.stats["a-v1"].labels == 1 and book.trust.stats["b-v1"].labels == 1
     assert ledger(tmp_path / "s.db", clock).store.logged_predictions(["r1"], 0.0)["r1"][1] == {"a-v1": 0.5, "b-v1": 1.0}
+
+
+def test_a_control_plane_replaced_while_it_drains_writes_nothing_over_its_successor(tmp_path: Path):
+    """Serve starts the new control plane while the old one still drains: the old one's labels
+    would be marked applied while its trust document, written last or overwritten, lost them."""
+    clock = Clock()
+
+    def plane() -> Ledger:
+        store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
+        store.claim()
+        return Ledger(store, warmed_trust(), LedgerSpec(join_grace_s=0), clock)
+
+    old = plane()
+    old.record([(f"r{i}", clock.now, {"a-v1": 0.0}) for i in range(60)])
+    assert old.feedback([(f"r{i}", 0.1) for i in range(10)]).applied == 10
+    new = plane()
+    with pytest.raises(StateStoreSuperseded):
+        old.feedback([(f"r{i}", 0.1) for i in range(10, 60)])
+    assert old.trust.stats["a-v1"].labels == 10  # as saved: nothing it could not keep
+    assert new.feedback([(f"r{i}", 0.1) for i in range(10, 60)]).applied == 50  # sent again, to the new one
+    assert plane().trust.stats["a-v1"].labels == 60
 
 def test_labels_the_store_failed_to_keep_are_learned_once_when_sent_again(tmp_path: Path):
     """Memory never runs ahead of the store: a retried feedback counts once, in memory and on disk."""

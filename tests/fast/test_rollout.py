@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from ensemble.admin import admin_token, authorise
 from ensemble.ledger import Ledger, LedgerSpec
 from ensemble.rollout import CallStats, Rollout, RolloutPlan, VersionWindow, latency_bucket
-from ensemble.store import StateStore, StateStoreError
+from ensemble.store import StateStore, StateStoreError, StateStoreSuperseded
 from ensemble.traffic import ChangeRejected
 from ensemble.traffic_control import Declared, TrafficChange, TrafficController, shares_to_publish
 from ensemble.trust import TrustBook, TrustSpec
@@ -346,6 +346,28 @@ def test_a_change_the_store_failed_to_keep_is_not_served(tmp_path: Path):
     assert [e["detail"]["split"] for e in control.store.events("patchtst")] == [
         {"v1": 0.9, "v2": 0.1}, {"v1": 0.5, "v2": 0.5}]
 
+
+
+def test_a_replaced_control_plane_can_no_longer_change_traffic(tmp_path: Path):
+    clock = Clock()
+
+    def plane() -> TrafficController:
+        store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
+        store.claim()
+        return TrafficController(store, DECLARED, clock)
+
+    old = plane()
+    old.start_rollout("patchtst", PLAN)
+    new = plane()
+    before = old.snapshot()
+    with pytest.raises(StateStoreSuperseded):
+        old.set_traffic("patchtst", TrafficChange(shadow={"v2": 0.5}))
+    feed(old, canary_error=0.01)
+    clock.now += PLAN.interval_s
+    with pytest.raises(StateStoreSuperseded):
+        old.tick()  # it would advance the step
+    assert old.snapshot() == before
+    assert plane().snapshot() == new.snapshot() == before
 
 def test_labels_the_store_failed_to_keep_teach_a_rollout_once(tmp_path: Path):
     clock = Clock()
