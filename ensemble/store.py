@@ -141,14 +141,20 @@ class StateStore:
         if not rows:
             return 0
         # A repeated request_id replaces the older prediction, in this batch or before it: the
-        # latest answer is what a label refers to.
+        # latest answer is what a label refers to. One made later than the one it replaces is a
+        # new answer, whose label is still to come: the label of the old one is forgotten (a
+        # router sending the same prediction again leaves it).
         latest = {rid: (created, members) for rid, created, members in rows}
         with self.engine.begin() as conn:
-            replaced = sum(conn.execute(delete(predictions).where(predictions.c.request_id.in_(chunk))).rowcount
-                           for chunk in _chunks(list(latest)))
+            logged = {rid: created for chunk in _chunks(list(latest)) for rid, created in conn.execute(
+                select(predictions.c.request_id, predictions.c.created_at).where(predictions.c.request_id.in_(chunk)))}
+            for chunk in _chunks(list(logged)):
+                conn.execute(delete(predictions).where(predictions.c.request_id.in_(chunk)))
+            for chunk in _chunks([rid for rid, created in logged.items() if latest[rid][0] > created]):
+                conn.execute(delete(labels).where(labels.c.request_id.in_(chunk), labels.c.status != "pending"))
             conn.execute(insert(predictions),
                          [{"request_id": rid, "created_at": t, "members": m} for rid, (t, m) in latest.items()])
-        return len(latest) - replaced
+        return len(latest) - len(logged)
 
     @_store_errors
     def logged_predictions(self, request_ids: Iterable[str], since: float) -> dict[str, tuple[float, dict[str, float]]]:

@@ -280,6 +280,22 @@ def test_a_control_plane_replaced_while_it_drains_writes_nothing_over_its_succes
     assert new.feedback([(f"r{i}", 0.1) for i in range(10, 60)]).applied == 50  # sent again, to the new one
     assert plane().trust.stats["a-v1"].labels == 60
 
+
+def test_a_request_id_used_again_for_a_later_prediction_takes_a_new_label(tmp_path: Path):
+    """The latest answer under an id is what a label refers to: one made after the first was
+    labelled gets its own label; the same prediction sent again by its router does not."""
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, join_grace_s=0)
+    book.record([("example-0", clock.now, {"a-v1": 0.0})])
+    assert book.feedback([("example-0", 1.0)]).applied == 1
+    book.record([("example-0", clock.now, {"a-v1": 0.0})])  # re-sent after a failed shipment
+    assert book.feedback([("example-0", 1.0)]).duplicate == 1
+    clock.now += 60
+    book.record([("example-0", clock.now, {"a-v1": 0.5})])
+    assert book.feedback([("example-0", 1.0)]).applied == 1
+    assert book.feedback([("example-0", 1.0)]).duplicate == 1
+    assert ledger(tmp_path / "s.db", clock).trust.stats["a-v1"].labels == 2
+
 def test_labels_the_store_failed_to_keep_are_learned_once_when_sent_again(tmp_path: Path):
     """Memory never runs ahead of the store: a retried feedback counts once, in memory and on disk."""
     clock = Clock()
@@ -335,8 +351,9 @@ def test_a_waiting_label_the_store_failed_to_keep_joins_once_when_its_grace_ends
         raise StateStoreError("the state store failed: disk I/O error")
 
     book.store.save_labels = fail  # the predictions are stored, the join is not
+    made = clock.now
     with pytest.raises(StateStoreError):
-        book.record([("late", clock.now, {"a-v1": 0.0}), ("newer", clock.now, {"a-v1": 0.0})])
+        book.record([("late", made, {"a-v1": 0.0}), ("newer", made, {"a-v1": 0.0})])
     assert book.trust.state() == learned and book.totals.pending == 1
     book.store.save_labels = keep
     if restart:
@@ -345,6 +362,6 @@ def test_a_waiting_label_the_store_failed_to_keep_joins_once_when_its_grace_ends
     book.expire()
     assert book.trust.stats["a-v1"].labels == 1
     assert (book.totals.applied, book.totals.pending, book.totals.unknown) == (1, 0, 0)
-    assert book.record([("late", clock.now, {"a-v1": 0.0})]).applied == 0
+    assert book.record([("late", made, {"a-v1": 0.0})]).applied == 0  # the router's resend: the same row
     assert book.trust.stats["a-v1"].labels == 1 and book.feedback([("late", 1.0)]).duplicate == 1
     assert book.store.label_counts() == {"applied": 1}
