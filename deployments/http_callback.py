@@ -22,7 +22,13 @@ REQUEST_ID = b"x-request-id"
 
 # A predict body (None: past the limit, unread) and its arrival (`time.perf_counter()`) -> the
 # answer's status and JSON.
-PredictAnswer = Callable[[bytes | None, float], Awaitable[tuple[int, bytes]]]
+class ClientLeft:
+    """In place of a predict request's body: its client left before the body was read."""
+
+
+CLIENT_LEFT = ClientLeft()
+# Status and JSON body answering a predict body (None: past the limit) arrived at a time.
+PredictAnswer = Callable[[bytes | None | ClientLeft, float], Awaitable[tuple[int, bytes]]]
 _answer_here: tuple[PredictAnswer, int, asyncio.AbstractEventLoop] | None = None
 # The full path of the router's predict route, as Serve routed one to it: its application's
 # route prefix, which the replica is not told, and /v1/predict. Until one has come, and for any
@@ -78,11 +84,13 @@ async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], max_bo
 async def answer_asgi(answer: PredictAnswer, max_body_bytes: int, scope: Scope, receive: Receive, send: Send,
                       headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """Read a predict request's body (None past `max_body_bytes`), answer it, write the answer
-    (with `headers`): bytes in, bytes out."""
+    (with `headers`): bytes in, bytes out. A client that left first is told to `answer` (to be
+    counted), and nothing is written."""
     arrived = time.perf_counter()
     try:
         body = await read_body(receive, scope["headers"], max_body_bytes)
     except ClientDisconnect:
+        await answer(CLIENT_LEFT, arrived)
         return
     await send_json(send, *await answer(body, arrived), headers)
 

@@ -43,7 +43,7 @@ from ensemble.traffic_control import TrafficChange
 from ensemble.validation import Limits, RequestError, parse_feedback, parse_model, parse_predict
 from deployments.autoscaling import UNSEEN_IN_FLIGHT
 from deployments.heap import freeze_loaded
-from deployments.http_callback import (answer_asgi, answer_predict_here, over_the_limit, predict_routed_here,
+from deployments.http_callback import (ClientLeft, answer_asgi, answer_predict_here, over_the_limit, predict_routed_here,
                                       read_body)
 from deployments.member_http import HttpMember
 from deployments.openapi import json_body
@@ -446,9 +446,13 @@ class EnsembleRouter:
         """Predicts answered ahead of Serve's wrapper, which its ongoing count does not see."""
         return {UNSEEN_IN_FLIGHT: self._ahead.mean()}
 
-    async def answer_predict(self, body: bytes | None, arrived: float) -> tuple[int, bytes]:
+    async def answer_predict(self, body: bytes | None | ClientLeft, arrived: float) -> tuple[int, bytes]:
         """Status and JSON body answering one POST /v1/predict body (None: past the limit) that
         arrived at `arrived` (`time.perf_counter()`): the router's deadline counts from then."""
+        if isinstance(body, ClientLeft):  # 499, as Serve counts a client that disconnects
+            logger.info("a predict request's client left before its body was read")
+            self.metrics.count(499, arrived)
+            return 499, b""
         try:
             if body is None:
                 raise RequestError(413, over_the_limit(self.limits.max_body_bytes))
@@ -460,7 +464,8 @@ class EnsembleRouter:
         refusal = result.refusal(parsed.single)
         answers = result.answers(parsed.request_ids)
         outcomes = result.counted_outcomes(refusal)
-        self.metrics.count(refusal[0] if refusal else 200, arrived, outcomes, sum(a["degraded"] for a in answers))
+        degraded = 0 if refusal else sum(a["degraded"] for a in answers)  # a refusal serves no answer
+        self.metrics.count(refusal[0] if refusal else 200, arrived, outcomes, degraded)
         for outcome in outcomes:
             self._calls.add(deployment_name(outcome.model, outcome.version), outcome.rows, outcome.status != "ok",
                             outcome.latency_s)

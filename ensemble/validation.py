@@ -95,8 +95,8 @@ def load_json(body: bytes, max_body_bytes: int) -> Any:
         if exc.doc[exc.pos:].startswith(("NaN", "Infinity")) or exc.msg == "number is infinity when parsed as double":
             # NaN and Infinity are not JSON, nor is a number past a double; refused all the same,
             # but naming the field, as for any other value that is not a finite number.
-            try:
-                field = _non_finite_field(json.loads(body))
+            try:  # integers as floats: an integer past a double is then infinity, as orjson saw it
+                field = _non_finite_field(json.loads(body, parse_int=float))
             except (ValueError, RecursionError):  # not JSON in other ways too
                 field = ""
             if field:

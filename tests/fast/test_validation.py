@@ -80,6 +80,8 @@ def test_invalid_json_is_400(raw):
     (b'{"window": NaN}', "window: nan is not a finite number"),
     (b'{"window": [[1, -Infinity]]}', "window[0][1]: -inf is not a finite number"),
     (b'{"instances": [{"window": [[1e400]]}]}', "instances[0].window[0][0]: inf is not a finite number"),
+    (b'{"window": [[1' + b"0" * 400 + b']]}', "window[0][0]: inf is not a finite number"),  # an integer past a double
+    (b'{"window": [[-1' + b"0" * 5000 + b']]}', "window[0][0]: -inf is not a finite number"),  # and past int()'s digits
 ])
 def test_nan_and_infinity_which_json_cannot_hold_are_422_naming_the_field(raw, message):
     error = rejected(raw)
