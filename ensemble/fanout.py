@@ -281,37 +281,58 @@ class EnsemblePredictor:
             self._on_shadow(ShadowOutcome(*key, ids, future.result(), "ok"))
 
 
+def _waited_for(parts: list[tuple[int, str, np.ndarray | slice]], lagging: list[bool], batch: int) -> list[bool]:
+    """Which parts a request waits for: those not lagging, and every part of an instance whose
+    members all lag."""
+    if all(lagging) or not any(lagging):
+        return [True] * len(parts)
+    waited = [not lags for lags in lagging]
+    covering: list[list[int]] = [[] for _ in range(batch)]
+    for part, (_, _, index) in enumerate(parts):
+        for b in range(batch) if isinstance(index, slice) else index.tolist():
+            covering[b].append(part)
+    for of_instance in covering:
+        if all(lagging[part] for part in of_instance):
+            for part in of_instance:
+                waited[part] = True
+    return waited
+
+
 class _Fanout:
     """One predict call's member answers, written in by the batchers as their calls return.
 
-    Until its deadline it waits for every member; past it, only while no member has answered,
-    for the first that does (a late answer beats none, as in Clipper: under load every member
-    may miss a tight deadline, and one answer still makes a degraded prediction rather than a
-    503). `finished` resolves then; rows still queued for it are never sent.
+    Until its deadline it waits for every member; past it, only while an instance has no
+    member's prediction, for the first that gives one (a late answer beats none, as in Clipper:
+    under load every member may miss a tight deadline, and one answer still makes a degraded
+    prediction rather than a 503). `finished` resolves then; rows still queued for it are never
+    sent. Instances count one by one: with a split, the instances of one request may go to
+    different versions, and one version's answer says nothing about the others' instances.
 
     A member whose calls now take more than LAGGING_DEADLINES deadlines (`lagging`) is not waited
-    for once every other member is in and one has answered: a stalled member would otherwise
-    hold every answer to the deadline. It still gets one request's rows per call (`send` queues
-    them only while its queue is empty, else holds them back), which count when they are in
-    time, and its next call that takes no longer than that makes it waited for again. Rows held
-    back are sent after all once no answer can come from the others (they failed, or the
-    deadline passed with none in). When every member lags, all are waited for as usual.
+    for once every other member is in and every instance has a prediction: a stalled member would
+    otherwise hold every answer to the deadline. It still gets one request's rows per call (`send`
+    queues them only while its queue is empty, else holds them back), which count when they are
+    in time, and its next call that takes no longer than that makes it waited for again. Rows
+    held back are sent after all once no prediction can come from the others (they failed, or
+    the deadline passed with an instance still without one). Where every member of an instance
+    lags, all of them are waited for as usual.
     """
 
     __slots__ = ("parts", "predictions", "finished", "status", "done_at", "left", "waited_for", "left_waited_for",
-                 "answered", "late", "timer", "deferred", "no_prediction")
+                 "unanswered", "late", "timer", "deferred", "no_prediction")
 
     def __init__(self, parts: list[tuple[int, str, np.ndarray | slice]], predictions: list[list[float]],
                  finished: asyncio.Future[None], lagging: list[bool]) -> None:
         self.parts = parts
         self.predictions = predictions  # [M][B], NaN until a member's rows answer
         self.finished = finished
-        self.waited_for = [True] * len(parts) if all(lagging) else [not lags for lags in lagging]
+        batch = len(predictions[0])
+        self.waited_for = _waited_for(parts, lagging, batch)
         self.status = ["timeout" if waited else "lagging" for waited in self.waited_for]
         self.done_at: list[float | None] = [None] * len(parts)
         self.left = len(parts)
         self.left_waited_for = sum(self.waited_for)
-        self.answered = False
+        self.unanswered = set(range(batch))  # instances no member has given a prediction for yet
         self.late = False
         self.timer: asyncio.TimerHandle | None = None
         self.deferred: list[tuple[CoalescingBatcher, np.ndarray, int]] = []  # lagging members' rows not sent
@@ -352,17 +373,22 @@ class _Fanout:
             m, _, index = self.parts[part]
             if isinstance(index, slice):
                 self.predictions[m] = values
+                if finite:
+                    self.unanswered.clear()
+                else:
+                    self.unanswered.difference_update(b for b, value in enumerate(values) if not math.isnan(value))
             else:
                 row = self.predictions[m]
                 for b, value in zip(index.tolist(), values):
                     row[b] = value
+                    if not math.isnan(value):
+                        self.unanswered.discard(b)
             self.status[part] = "ok" if finite else "error"  # rows left out count as its errors
-            self.answered = True
         self.left -= 1
         self.left_waited_for -= self.waited_for[part]
-        if self.left == 0 or (self.answered and (self.late or self.left_waited_for == 0)):
+        if self.left == 0 or (not self.unanswered and (self.late or self.left_waited_for == 0)):
             self.finished.set_result(None)
-        elif self.left_waited_for == 0 and not self.answered:
+        elif self.left_waited_for == 0:
             self._send_deferred()
 
     def _send_deferred(self) -> None:
@@ -375,7 +401,7 @@ class _Fanout:
         """The deadline: finish with what is in, or wait up to `late_s` more for a first answer."""
         if self.finished.done():
             return
-        if self.answered or late_s <= 0:
+        if not self.unanswered or late_s <= 0:
             self.finished.set_result(None)
         else:
             self.late = True

@@ -5,6 +5,7 @@ import time
 import numpy as np
 
 from ensemble.fanout import EnsemblePredictor
+from ensemble.traffic import sticky_version
 
 
 def constant(value: float, delay_s: float = 0.0):
@@ -358,3 +359,34 @@ def test_an_instance_no_member_can_predict_for_is_the_inputs_fault_not_the_membe
     assert failing.counted_outcomes(refusal) == failing.outcomes
     fine = asyncio.run(predictor({"a": {"v1": constant(1.0)}}).predict(WINDOWS, [None] * 3))
     assert fine.refusal(single=True) is None
+
+
+def keys_per_version(split: dict[str, float]) -> dict[str, str]:
+    keys = [f"k{i}" for i in range(100)]
+    return {version: next(k for k in keys if sticky_version(k, split) == version) for version in split}
+
+
+def test_instances_of_one_request_on_different_versions_each_wait_for_their_own_answer():
+    """One version's answer for its instances says nothing of the other's: the batch waits, as
+    either instance alone would, for the first late answer of its slow version."""
+    split = {"v1": 0.5, "v2": 0.5}
+    key = keys_per_version(split)
+    delay = {"v1": 0.15}
+
+    async def slow(rows: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(delay["v1"])
+        return np.full(len(rows), 1.0, dtype=np.float32)
+
+    ensemble = predictor({"m": {"v1": slow, "v2": constant(2.0, delay_s=0.01)}}, splits={"m": split},
+                         deadline_s=0.1, member_timeout_s=2.0)
+
+    async def scenario() -> tuple:
+        past_deadline = await ensemble.predict(WINDOWS[:2], [key["v2"], key["v1"]])
+        delay["v1"] = 0.3
+        await ensemble.predict(WINDOWS[:1], [key["v1"]])  # a call past two deadlines: v1 now lags
+        delay["v1"] = 0.03  # and is in time again
+        lagging = await ensemble.predict(WINDOWS[:2], [key["v2"], key["v1"]])
+        return past_deadline, lagging
+
+    for result in asyncio.run(scenario()):
+        assert result.combined == [2.0, 1.0] and result.refusal(single=False) is None
