@@ -68,6 +68,15 @@ def test_unknown_keys_are_rejected():
         GraphArgs.model_validate(bad_member)
 
 
+@pytest.mark.parametrize("member", [{"versions": {"v1": {}}, "prior": float("inf")},
+                                    {"versions": {"v1": {"num_cpus": float("inf")}}},
+                                    {"versions": {"v1": {"num_gpus": float("nan")}}}])
+def test_infinity_and_nan_are_no_setting(member):
+    """YAML's .inf passed: a prior of it made every trust weight NaN, num_cpus failed the build
+    with an OverflowError."""
+    with pytest.raises(ValueError, match="finite"):
+        GraphArgs.model_validate({"members": {"xgboost": member}})
+
 @pytest.mark.parametrize(
     "traffic, message",
     [({"v1": 0.5, "v2": 0.6}, "sum to 1"), ({"v1": -0.2, "v2": 1.2}, ">= 0"), ({"v1": 0.5, "v9": 0.5}, "not deployed")],
