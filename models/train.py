@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,8 +38,8 @@ from models.data import WINDOW, generate_market, make_windows
 from models.errors import ModelLoadError
 from models.features import FEATURE_NAMES, engineer
 from models.nets import ONNX_INPUT, ONNX_OPSET, build_net, export_onnx, normalise
-from models.repository import (TORCH_WEIGHTS, Export, Framework, Metrics, OutputContract, Training, load_runtime,
-                               read_manifest, write_version)
+from models.repository import (MANIFEST, TORCH_WEIGHTS, Export, Framework, Metrics, OutputContract, Training,
+                               load_runtime, read_manifest, version_dir, write_version)
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
 VERSIONS = ("v1", "v2")
@@ -357,22 +358,42 @@ def train_repository(root: Path | str, profile: str = "demo", models: list[str] 
 
 def ensure_repository(root: Path | str, profile: str = "demo", models: list[str] | None = None,
                       seed: int = 7) -> bool:
-    """Train only the (model, version)s whose manifest is missing, invalid or stale (from an older
-    training of this run's seed: another framework than this code serves them with, or no output
-    bounds); returns whether it trained. A version trained by anything else is never replaced."""
+    """Train only the (model, version)s whose manifest is missing, or stale or invalid where this
+    run's seeds wrote it (an older training: another framework than this code serves them with,
+    no output bounds, older rules); returns whether it trained. A version trained by anything
+    else is never replaced: where its manifest is invalid, ModelLoadError says so, and its files
+    stay as they are (training a version removes the files it does not write)."""
     missing = []
     for model, version in _pairs(models):
+        seeds = (version_seed(model, version, seed), seed)
         try:
             manifest = read_manifest(root, model, version)
-            ours = (manifest.training.seed, manifest.training.data_seed) == (version_seed(model, version, seed), seed)
+            ours = (manifest.training.seed, manifest.training.data_seed) == seeds
             stale = ours and (manifest.framework != FRAMEWORK[model] or manifest.output.bounds is None)
-        except ModelLoadError:
-            stale = True
+        except ModelLoadError as exc:
+            stale = _written_with(root, model, version) in (None, seeds)
+            if not stale:
+                raise ModelLoadError(f"{exc}; this training did not write it, so it is left as it is: "
+                                     "mend or remove it") from None
         if stale:
             missing.append((model, version))
     if missing:
         _train_pairs(Path(root), profile, missing, seed)
     return bool(missing)
+
+
+def _written_with(root: Path | str, model: str, version: str) -> tuple[Any, ...] | None:
+    """The training seeds a version's manifest names, read leniently (it may not validate; () where
+    they cannot be read), or None where it has no manifest: never trained, or a training cut
+    short (the manifest comes last)."""
+    path = version_dir(root, model, version) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        training = json.loads(path.read_bytes())["training"]
+        return training["seed"], training["data_seed"]
+    except (ValueError, TypeError, KeyError):
+        return ()
 
 
 def print_table(results: dict[tuple[str, str], Metrics], seconds: dict[tuple[str, str], float],

@@ -14,7 +14,7 @@ from models.data import FEATURES, WINDOW, generate_market, make_windows, sample_
 from models.errors import ArtifactIntegrityError, InputShapeError, ModelLoadError
 from models.features import FEATURE_NAMES, engineer
 from models.nets import NETS, build_net, export_onnx
-from models.repository import Manifest, list_versions, load_runtime, read_manifest, version_dir, write_version
+from models.repository import MANIFEST, Manifest, list_versions, load_runtime, read_manifest, version_dir, write_version
 from models.runtimes.trees import TreeRuntime
 from models.train import FRAMEWORK, MEMBERS, VERSIONS, ensure_repository
 
@@ -189,6 +189,19 @@ def test_if_missing_retrains_a_version_an_older_training_serves_otherwise(repo: 
                   training=theirs, holdout=current.holdout, architecture=current.architecture, hparams=current.hparams)
     assert ensure_repository(tmp_path, "tiny", ["lstm"]) is False
     assert read_manifest(tmp_path, "lstm", "v1").training.seed == 12345
+    # Theirs and invalid (a newer schema, a key this code does not know): refused, left as it is.
+    manifest_path = version_dir(tmp_path, "lstm", "v1") / MANIFEST
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "schema_version": 2}))
+    (version_dir(tmp_path, "lstm", "v1") / "my_notes.txt").write_text("mine")
+    files = sorted(p.name for p in version_dir(tmp_path, "lstm", "v1").iterdir())
+    with pytest.raises(ModelLoadError, match="did not write it"):
+        ensure_repository(tmp_path, "tiny", ["lstm"])
+    assert sorted(p.name for p in version_dir(tmp_path, "lstm", "v1").iterdir()) == files
+    # Ours and invalid (an older training's rules): trained again.
+    ours = json.loads(manifest_path.read_text()) | {"training": current.training.model_dump(mode="json")}
+    manifest_path.write_text(json.dumps(ours))
+    assert ensure_repository(tmp_path, "tiny", ["lstm"]) is True
+    assert read_manifest(tmp_path, "lstm", "v1").output.bounds == current.output.bounds
 
 
 def test_tampered_artifact_is_refused(repo: Path, tmp_path: Path):
