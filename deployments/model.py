@@ -23,6 +23,7 @@ from ensemble.batching import predict_blocks
 from ensemble.channel import ChannelServer, merged_model_calls
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
 from models.repository import load_runtime
+from models.runtimes.base import non_finite_windows
 
 logger = logging.getLogger("ray.serve")
 
@@ -55,7 +56,15 @@ class ModelDeployment:
                     *self.channel_endpoint)
 
     async def predict(self, windows: np.ndarray) -> np.ndarray:
-        """float32 windows [B, T, F] -> float32 predictions [B]."""
+        """float32 windows [B, T, F] -> float32 predictions [B]; NaN for a window with NaN or inf
+        in it. Handle and HTTP callers are not only the router, which validates its windows."""
+        bad = non_finite_windows(windows)
+        if bad is not None:
+            out = np.full(len(windows), np.nan, dtype=np.float32)
+            if not bad.all():
+                out[~bad] = await self.predict(windows[~bad])
+            self.runtime.rows_refused += int(bad.sum())
+            return out
         if len(windows) >= self.max_batch_rows:
             return self.runtime.predict(windows)
         return await self._batched_predict(windows)

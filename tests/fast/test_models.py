@@ -15,6 +15,7 @@ from models.errors import ArtifactIntegrityError, InputShapeError, ModelLoadErro
 from models.features import FEATURE_NAMES, engineer
 from models.nets import NETS, build_net, export_onnx
 from models.repository import MANIFEST, Manifest, list_versions, load_runtime, read_manifest, version_dir, write_version
+from models.runtimes.base import non_finite_windows
 from models.runtimes.trees import TreeRuntime
 from models.train import FRAMEWORK, MEMBERS, VERSIONS, ensure_repository
 
@@ -47,6 +48,15 @@ def test_a_window_without_a_finite_prediction_is_nan_alone(repo: Path, model: st
     windows[1] = 3e38  # finite float32, which overflows a net
     out = runtime.predict(windows)
     assert np.isfinite(out[[0, 2]]).all() and (np.isfinite(out[1]) or np.isnan(out[1]))
+
+
+def test_windows_with_nan_or_inf_in_them_are_found_row_by_row():
+    """Such windows get no prediction where a caller did not validate them (deployments.model)."""
+    windows = sample_windows(4, seed=3)
+    assert non_finite_windows(windows) is None
+    windows[1, 5, 2], windows[2] = np.nan, -np.inf
+    assert non_finite_windows(windows).tolist() == [False, True, True, False]
+    assert non_finite_windows(np.full((2, 128, 8), 3e38, dtype=np.float32)) is None  # the sum overflows, no row does
 
 
 @pytest.mark.parametrize("model, version", PAIRS)
