@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from deployments.autoscaling import CPU_BUSY, UNSEEN_IN_FLIGHT, CpuMeter
 from deployments.heap import freeze_loaded
-from ensemble.batching import predict_blocks
+from ensemble.batching import predict_blocks, predict_sliced
 from ensemble.channel import ChannelServer, merged_model_calls
 from ensemble.wire import CONTENT_TYPE, WireError, decode_windows, encode
 from models.repository import load_runtime
@@ -34,7 +34,7 @@ class ModelDeployment:
 
     Calls that arrive together are merged into one runtime call: over the direct channel by
     `merged_model_calls`, through Serve's handle or HTTP path by `serve.batch`; a call that is
-    already a full batch goes straight through.
+    already a full batch goes straight through, in slices of `max_batch_rows` at most.
     """
 
     async def __init__(self, model_root: str, model: str, version: str, num_threads: int, device: str,
@@ -43,10 +43,11 @@ class ModelDeployment:
         self.name = f"{model}-{version}"
         self.max_batch_rows = max_batch_rows
         self._batched_predict.set_max_batch_size(max_batch_rows)
+        self._predict = partial(predict_sliced, self.runtime.predict, max_rows=max_batch_rows)
         contract = self.runtime.manifest.input
         self.channel = ChannelServer(merged_model_calls(
             partial(decode_windows, window=contract.window, n_features=contract.n_features),
-            self.runtime.predict, max_batch_rows))
+            self._predict, max_batch_rows))
         self.channel_endpoint = (await self.channel.start(ray.util.get_node_ip_address()))[:2]  # host, port
         self.node_id = ray.get_runtime_context().get_node_id()
         self.cpu = CpuMeter(num_threads)
@@ -66,12 +67,12 @@ class ModelDeployment:
             self.runtime.rows_refused += int(bad.sum())
             return out
         if len(windows) >= self.max_batch_rows:
-            return self.runtime.predict(windows)
+            return self._predict(windows)
         return await self._batched_predict(windows)
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=lambda items: sum(len(w) for w in items))
     async def _batched_predict(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
-        return predict_blocks(self.runtime.predict, blocks)
+        return predict_blocks(self._predict, blocks)
 
     async def __call__(self, request: Request) -> Response:
         """POST: raw float32 windows in, raw float32 predictions out (`ensemble.wire`). GET: info()."""

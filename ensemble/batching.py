@@ -28,6 +28,14 @@ def predict_blocks(predict: Callable[[np.ndarray], np.ndarray], blocks: list[np.
     return np.split(outputs, np.cumsum([len(block) for block in blocks[:-1]]))
 
 
+def predict_sliced(predict: Callable[[np.ndarray], np.ndarray], windows: np.ndarray, max_rows: int) -> np.ndarray:
+    """`predict` over `windows` in slices of at most `max_rows`: a member's bound on one model
+    call holds whatever its callers send (the router's calls carry up to its own bound)."""
+    if len(windows) <= max_rows:
+        return predict(windows)
+    return np.concatenate([predict(windows[start:start + max_rows]) for start in range(0, len(windows), max_rows)])
+
+
 class RowsWaiter(Protocol):
     """Who receives the outputs of queued rows: `part` says which of its blocks they answer."""
 

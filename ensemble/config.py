@@ -84,7 +84,8 @@ class MemberVersionSpec(ReplicaSpec):
     """One deployed version of a member: a deployment named `<model>-<version>`."""
 
     max_batch_rows: int = Field(
-        256, ge=1, description="Most window rows one model call carries when concurrent calls are merged."
+        256, ge=1, description="Most window rows one model call carries: concurrent calls are merged up to it, "
+        "and a larger call is split."
     )
 
 

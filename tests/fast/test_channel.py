@@ -4,12 +4,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
 
 from ensemble.arena import ArenaError
+from ensemble.batching import predict_sliced
 from ensemble.channel import (ARENA_REF, CALL, IN_ARENA, MAX_FRAME_BYTES, OK, REPLY, ChannelError, ChannelLost,
                               ChannelServer, DirectMember, Endpoint, FramesHandler, _Frames, merged_model_calls)
 from ensemble.wire import decode_predictions, decode_windows, encode
@@ -184,6 +186,18 @@ def test_calls_that_arrive_together_share_model_calls_up_to_the_row_limit():
     for block, reply in zip(blocks, replies):
         assert np.allclose(decode_predictions(reply, len(block)), block.sum(axis=(1, 2)))
 
+
+
+def test_a_member_slices_a_call_larger_than_its_row_limit():
+    """As deployments.model serves: a member's max_batch_rows bounds every model call, whatever
+    its callers send (under member applications the router's calls carry up to 256 rows)."""
+    model = RowSums()
+    answer = merged_model_calls(decode, partial(predict_sliced, model, max_rows=8), max_rows=8)
+    blocks = [windows(n, start=n) for n in (3, 4, 2, 17)]
+    replies = run(answer([encode(block) for block in blocks]))
+    assert model.calls == [7, 2, 8, 8, 1]
+    for block, reply in zip(blocks, replies):
+        assert np.allclose(decode_predictions(reply, len(block)), block.sum(axis=(1, 2)))
 
 def test_a_malformed_call_or_a_failed_model_call_fails_only_its_own_calls():
     def model(rows: np.ndarray) -> np.ndarray:
