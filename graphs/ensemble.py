@@ -9,6 +9,7 @@ No postponed annotations: Serve reads `build_app`'s parameter type to validate t
 
 from typing import Any
 
+import orjson
 from ray.serve import Application
 
 from deployments.control import ControlPlane
@@ -72,6 +73,14 @@ def input_contract(args: GraphArgs) -> dict[str, Any]:
     if len(distinct) != 1:
         raise ValueError(f"members disagree on the input contract (window, features, their names): {contracts}")
     window, n_features, features = distinct.pop()
+    # Limits that refuse every request are a deploy error, not a service answering 413 or 422.
+    if args.router.max_rows < window:
+        raise ValueError(f"router.max_rows {args.router.max_rows} is below the members' window of {window} rows: "
+                         "every request would be refused")
+    smallest = len(orjson.dumps({"window": [[0] * n_features] * window}))
+    if args.router.max_body_bytes < smallest:
+        raise ValueError(f"router.max_body_bytes {args.router.max_body_bytes} is below the smallest request body "
+                         f"({smallest} bytes, one window of zeros): every request would be refused")
     return {"window": window, "n_features": n_features, "features": list(features)}
 
 

@@ -199,3 +199,12 @@ def test_members_must_agree_on_the_feature_names_too(tiny_repo: Path, tmp_path: 
     manifest.write_text(json.dumps(swapped))
     with pytest.raises(ValueError, match="members disagree on the input contract"):
         input_contract(args)
+
+
+@pytest.mark.parametrize("router, message", [({"max_rows": WINDOW - 1}, "max_rows"),
+                                             ({"max_body_bytes": 1024}, "max_body_bytes")])
+def test_router_limits_that_would_refuse_every_request_are_a_deploy_error(tiny_repo: Path, router, message):
+    config = yaml.safe_load((ROOT / "graphs" / "ensemble.yaml").read_text())
+    args = single_application(config).model_dump(exclude_unset=True) | {"model_root": str(tiny_repo)}
+    with pytest.raises(ValueError, match=f"{message} .* every request would be refused"):
+        input_contract(GraphArgs.model_validate({**args, "router": {**args.get("router", {}), **router}}))
