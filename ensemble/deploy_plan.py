@@ -17,6 +17,7 @@ from typing import Any, Literal
 RUNNING = "RUNNING"
 # Serve's application statuses after which waiting longer does not help.
 FAILED = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+DEFAULT_ROUTE_PREFIX = "/"  # Serve's, for an application config that names none
 Progress = Literal["waiting", "running", "failed"]
 
 
@@ -36,14 +37,19 @@ def surge_config(target: Mapping[str, Any], deployed: Mapping[str, Mapping[str, 
     """The target config with the deployed applications it drops kept, or None when it drops none.
 
     A dropped application whose route prefix the target gives to another is not kept: Serve
-    refuses two applications on one prefix.
+    refuses two applications on one prefix. An application without `route_prefix` has Serve's
+    default, "/"; one with `route_prefix: null` has no route.
     """
     apps = target["applications"]
     names = {app["name"] for app in apps}
-    prefixes = {app.get("route_prefix") for app in apps} - {None}
+    prefixes = {_route_prefix(app) for app in apps} - {None}
     kept = [dict(config) for name, config in deployed.items()
-            if name not in names and config.get("route_prefix") not in prefixes]
+            if name not in names and _route_prefix(config) not in prefixes]
     return {**target, "applications": [*apps, *kept]} if kept else None
+
+
+def _route_prefix(app: Mapping[str, Any]) -> str | None:
+    return app.get("route_prefix", DEFAULT_ROUTE_PREFIX)
 
 
 def previous_config(target: Mapping[str, Any], deployed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

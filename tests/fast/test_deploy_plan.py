@@ -81,6 +81,12 @@ def test_a_dropped_application_whose_prefix_the_target_reuses_is_not_kept():
     surge = surge_config({"applications": [app("new", "/shared")]}, deployed)
     assert surge is not None and [a["name"] for a in surge["applications"]] == ["new", "other"]
     assert surge_config({"applications": [app("new", "/shared"), app("other")]}, deployed) is None
+    # No route_prefix is Serve's default, "/"; null is no route at all.
+    unset = {k: v for k, v in app("old").items() if k != "route_prefix"}
+    assert surge_config({"applications": [app("new", "/")]}, {"old": unset}) is None
+    assert surge_config({"applications": [unset | {"name": "new"}]}, {"old": app("old", "/")}) is None
+    no_route = app("old") | {"route_prefix": None}
+    assert surge_config({"applications": [app("new", "/")]}, {"old": no_route})["applications"][1] == no_route
 
 
 def test_only_applications_deployed_from_a_config_are_kept():
