@@ -289,7 +289,7 @@ class EnsembleRouter:
                     replicas[(model, version)] = direct.replicas
         self.limits = Limits(contract["window"], contract["n_features"], router.max_rows,
                              router.max_instances, router.max_body_bytes, tuple(contract["features"]))
-        # The priors and the config's traffic serve until the control plane's first answer.
+        # The priors and the config's traffic, until the control plane's first answer (awaited below).
         self.weights = {
             deployment_name(model, version): spec.prior
             for model, spec in self.args.members.items()
@@ -323,15 +323,21 @@ class EnsembleRouter:
         # One shipment at a time, so that a flush awaited by feedback or by __del__ returns only
         # once every row taken before it has reached the control plane.
         self._shipping = asyncio.Lock()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
+        self._epoch, self._applied = -1, self.predictor.traffic()
         self._ahead = InFlight()
         self._ongoing = asyncio.Semaphore(router.max_ongoing_requests)
         freeze_loaded()
+        loop = asyncio.get_running_loop()
         answer_predict_here(self.answer_ahead, self.limits.max_body_bytes, loop)
+        # Ready only with what the control plane serves: a replica started beside a restarting
+        # control plane (or replacing one that died) would otherwise answer its first requests
+        # with the priors and the config's split, after a promotion the old version.
+        starting = [self._first_snapshot(router.control_wait_s)]
         if self.args.member_apps:
-            await wait_for_member_apps([deployment_name(model, version) for model, versions in members.items()
-                                        for version in versions], router.member_wait_s)
+            starting.append(wait_for_member_apps([deployment_name(model, version) for model, versions in members.items()
+                                                  for version in versions], router.member_wait_s))
+        await asyncio.gather(*starting)
+        self._tasks = [loop.create_task(self._follow_control()), loop.create_task(self._ship_log())]
 
     async def __del__(self) -> None:
         # Serve awaits this when the replica stops (scale-down, redeploy, shutdown), after its
@@ -348,22 +354,32 @@ class EnsembleRouter:
         if session is not None:
             await session.close()
 
+    async def _first_snapshot(self, wait_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._poll_control(0.0), wait_s)
+        except Exception:  # noqa: BLE001 - serve with the priors and the config's traffic meanwhile
+            logger.warning("no answer from the control plane within %.0f s; serving with the priors and the "
+                           "config's traffic until it answers", wait_s, exc_info=True)
+
     async def _follow_control(self) -> None:
         """Long-poll the control plane so a change reaches this replica as soon as it happens."""
-        epoch, applied = -1, self.predictor.traffic()
         while True:
             try:
-                snapshot = await self.control.snapshot.remote(epoch, POLL_WAIT_S)
-                epoch, self.weights = snapshot["epoch"], snapshot["weights"]
-                if snapshot["traffic"] != applied:
-                    kept = self.predictor.set_traffic(snapshot["traffic"])
-                    if kept:
-                        logger.warning("traffic for versions this replica does not call (a deploy replacing them); "
-                                       "keeping the current split of %s", ", ".join(kept))
-                    applied = snapshot["traffic"]
+                await self._poll_control(POLL_WAIT_S)
             except Exception:  # noqa: BLE001 - keep serving with the last weights; retry
                 logger.warning("control plane unreachable; serving with the last weights and traffic", exc_info=True)
                 await asyncio.sleep(0.5)
+
+    async def _poll_control(self, wait_s: float) -> None:
+        """Apply the control plane's weights and traffic once they are newer than this replica's."""
+        snapshot = await self.control.snapshot.remote(self._epoch, wait_s)
+        self._epoch, self.weights = snapshot["epoch"], snapshot["weights"]
+        if snapshot["traffic"] != self._applied:
+            kept = self.predictor.set_traffic(snapshot["traffic"])
+            if kept:
+                logger.warning("traffic for versions this replica does not call (a deploy replacing them); "
+                               "keeping the current split of %s", ", ".join(kept))
+            self._applied = snapshot["traffic"]
 
     async def _ship_log(self) -> None:
         while True:

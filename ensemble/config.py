@@ -170,6 +170,12 @@ class RouterSpec(ReplicaSpec):
         "until then, so a deploy that changes member versions does not leave requests to a router whose members are "
         "still starting. After the wait the router serves with the members that run (degraded).",
     )
+    control_wait_s: float = Field(
+        60.0, ge=0, le=3600,
+        description="Seconds a starting router replica waits for the control plane's first answer (the learned "
+        "weights and the traffic in force) before it reports ready. After the wait it serves with the priors and "
+        "the config's traffic until the control plane answers.",
+    )
     max_rows: int = Field(1024, ge=1, description="Most rows accepted in one window (longer ones are rejected).")
     max_instances: int = Field(256, ge=1, description="Most windows accepted in one batch request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")

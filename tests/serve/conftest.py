@@ -19,7 +19,7 @@ from deployments.router import EnsembleRouter
 from ensemble.config import GraphArgs
 from graphs.ensemble import build_app
 from models.data import FEATURES, N_FEATURES, WINDOW
-from tests.serve.faulty import FaultyMember, SyntheticMember
+from tests.serve.faulty import FaultyMember, LateControlPlane, SyntheticMember
 
 MEMBERS = ("xgboost", "lightgbm", "patchtst", "lstm", "nhits")
 MEMBER_VERSIONS = {"patchtst": ["v1", "v2"]}  # v2 deployed beside v1, with no traffic until a test gives it some
@@ -90,8 +90,9 @@ def faulty_app(model_root: Path, state_url: str):
     )
 
 
-def synthetic_app(state_url: str):
-    """One member `sig` at three versions whose predictions the tests know (see SYNTHETIC)."""
+def synthetic_app(state_url: str, control_start_s: float = 0.0):
+    """One member `sig` at three versions whose predictions the tests know (see SYNTHETIC); its
+    control plane takes `control_start_s` longer to start."""
     args = GraphArgs.model_validate(
         {
             "state": {"url": state_url},
@@ -102,9 +103,9 @@ def synthetic_app(state_url: str):
     members = {"sig": {v: SyntheticMember.options(name=f"sig-{v}").bind(f"sig-{v}", bias)
                        for v, bias in SYNTHETIC.items()}}
     config = args.model_dump(mode="json")
+    control = LateControlPlane.bind(config, control_start_s) if control_start_s else ControlPlane.bind(config)
     return EnsembleRouter.options(name="SyntheticRouter", ray_actor_options=SMALL).bind(
-        config, members, CONTRACT, ControlPlane.bind(config)
-    )
+        config, members, CONTRACT, control)
 
 
 @pytest.fixture(scope="session")

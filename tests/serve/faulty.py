@@ -1,8 +1,12 @@
 """Members that misbehave or answer predictably on purpose, for the fault and traffic tests."""
 import asyncio
+import time
+from typing import Any
 
 import numpy as np
 from ray import serve
+
+from deployments.control import ControlPlane
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.05})
@@ -34,6 +38,15 @@ class SyntheticMember:
 
     def info(self) -> dict:
         return {"deployment": self.name, "device": "cpu", "manifest": {}}
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.05})
+class LateControlPlane(ControlPlane.func_or_class):
+    """The control plane, `delay_s` slow to start, as one opening a large or a remote state store."""
+
+    def __init__(self, args: dict[str, Any], delay_s: float) -> None:
+        time.sleep(delay_s)
+        super().__init__(args)
 
 
 def signal(windows: np.ndarray) -> np.ndarray:

@@ -169,3 +169,23 @@ def test_canary_promoted_then_bad_canary_rolled_back_and_state_survives_restart(
     assert client.get("/v1/admin/traffic", headers=ADMIN).status_code == 200
     assert client.get("/synthetic/v1/admin/traffic", headers=ADMIN).json()["sig"]["split"] == {
         "v1": 0.0, "v2": 1.0, "v3": 0.0}
+
+
+def test_a_router_starting_beside_a_late_control_plane_first_serves_the_traffic_in_force(
+        client: httpx.Client, tmp_path):
+    state_url = f"sqlite:///{tmp_path / 'late.db'}"
+    serve.run(synthetic_app(state_url), name="late", route_prefix="/late")
+    try:
+        moved = client.put("/late/v1/admin/traffic/sig", json={"split": {"v2": 1.0}}, headers=ADMIN)
+        assert moved.status_code == 200, moved.text
+        serve.delete("late")
+        # Restarted, the control plane takes 5 s to start, its router none: the router's first
+        # answer must already go by the stored split, not the config's (all to v1).
+        serve.run_many([serve.RunTarget(synthetic_app(state_url, control_start_s=5.0), name="late",
+                                        route_prefix="/late")], wait_for_applications_running=False)
+        answers: list[httpx.Response] = []
+        wait_until(lambda: answers.append(client.post("/late/v1/predict", json={"window": WINDOWS[0].tolist()}))
+                   or answers[-1].status_code == 200, 90, "the restarted router answering")
+        assert answers[-1].json()["members"]["sig"]["version"] == "v2"
+    finally:
+        serve.delete("late")
