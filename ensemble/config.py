@@ -311,6 +311,10 @@ def single_application(config: Mapping[str, Any]) -> GraphArgs:
             if member is None or (member.model, member.version) != (model, version):
                 raise ValueError(f"member version {name} needs an application {name} built by {MEMBER_IMPORT_PATH} "
                                  f"with model {model!r} and version {version!r}")
+            if member.model_root != args.model_root:
+                # The router reads the input contract and the drift baselines from the ensemble's.
+                raise ValueError(f"application {name}: model_root {member.model_root!r} differs from the "
+                                 f"ensemble's {args.model_root!r}")
             if args.router.member_url and routes[name] != member_route(model, version):
                 raise ValueError(f"application {name}: router.member_url needs route_prefix "
                                  f"{member_route(model, version)}, found {routes[name]!r}")
@@ -319,3 +323,16 @@ def single_application(config: Mapping[str, Any]) -> GraphArgs:
     if member_apps:
         raise ValueError(f"member applications no ensemble member uses: {sorted(member_apps)}")
     return GraphArgs.model_validate(folded)
+
+
+def check_applications(config: Mapping[str, Any]) -> None:
+    """Raise ValueError naming what is wrong where a Serve config's ensemble or member
+    applications would fail to build, or disagree: Serve would only report them failed."""
+    apps = config["applications"]
+    if sum(app["import_path"] == ENSEMBLE_IMPORT_PATH for app in apps) == 1:
+        single_application(config)
+        return
+    for app in apps:  # several ensembles (or none): each application's args alone
+        builder_args = {ENSEMBLE_IMPORT_PATH: GraphArgs, MEMBER_IMPORT_PATH: MemberAppArgs}.get(app["import_path"])
+        if builder_args is not None:
+            builder_args.model_validate(app.get("args", {}))

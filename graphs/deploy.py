@@ -19,6 +19,7 @@ import yaml
 from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 from ray.serve.schema import ServeDeploySchema
 
+from ensemble.config import check_applications
 from ensemble.deploy_plan import Progress, deployed_configs, previous_config, progress, statuses, surge_config
 
 
@@ -48,8 +49,14 @@ class DashboardApi:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """A Serve YAML, validated and dumped as `serve deploy` sends it."""
-    return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).model_dump(exclude_unset=True)
+    """A Serve YAML, validated (the ensemble's and its members' args too) and dumped as `serve
+    deploy` sends it. ValueError says what is wrong."""
+    try:
+        config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).model_dump(exclude_unset=True)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not YAML: {exc}") from exc
+    check_applications(config)
+    return config
 
 
 def _wait(api: ServeApi, names: list[str], timeout_s: float, poll_s: float) -> Progress:
@@ -92,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the config's applications may take to run before the deploy is undone")
     args = parser.parse_args(argv)
     try:
-        deploy(DashboardApi(args.address), read_config(args.config), args.timeout_s)
+        target = read_config(args.config)
+    except ValueError as invalid:  # pydantic's ValidationError too
+        print(f"{args.config} refused, nothing deployed: {invalid}", file=sys.stderr)
+        return 2
+    try:
+        deploy(DashboardApi(args.address), target, args.timeout_s)
     except DeployFailed as failed:
         print(f"deploy of {args.config} undone: {failed}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ensemble.deploy_plan import deployed_configs, progress, still_deploying, surge_config
-from graphs.deploy import DeployFailed, deploy, read_config
+from graphs.deploy import DeployFailed, deploy, main, read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,3 +114,20 @@ def test_the_graphs_read_as_serve_deploy_sends_them():
     surge = surge_config(config, deployed)
     assert surge is not None
     assert {a["name"] for a in surge["applications"]} == set(deployed) | {a["name"] for a in config["applications"]}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("model_root: model_repo", "model_root: other_repo", 2).replace(
+        "model_root: other_repo", "model_root: model_repo", 1), "differs from the ensemble's"),
+    (lambda text: text.replace("deadline_s: 1.0", "deadline_s: -1"), "deadline_s"),
+    (lambda text: text.replace("version: v1", "version: v9", 1), "needs an application"),
+    (lambda text: text + "  - [\n", "not YAML"),
+])
+def test_a_config_its_applications_would_refuse_deploys_nothing(tmp_path: Path, capsys, edit, message: str):
+    config = tmp_path / "graph.yaml"
+    config.write_text(edit((ROOT / "graphs" / "ensemble.yaml").read_text()))
+    with pytest.raises(ValueError, match=message):
+        read_config(config)
+    # Refused before Serve is reached: no instance answers at this address.
+    assert main([str(config), "--address", "http://127.0.0.1:9"]) == 2
+    assert message in capsys.readouterr().err

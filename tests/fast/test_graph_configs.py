@@ -50,6 +50,9 @@ def test_member_apps_must_match_the_ensemble():
     orphan = {**members[0], "name": "orphan-v1", "args": {**members[0]["args"], "model": "orphan"}}
     with pytest.raises(ValueError, match="no ensemble member uses"):
         single_application({"applications": [*apps, orphan]})
+    elsewhere = {**members[0], "args": {**members[0]["args"], "model_root": "another_repo"}}
+    with pytest.raises(ValueError, match="model_root 'another_repo' differs from the ensemble's"):
+        single_application({"applications": [elsewhere if a is members[0] else a for a in apps]})
     ensemble = next(a for a in apps if a["import_path"] == ENSEMBLE_IMPORT_PATH)
     model = next(iter(ensemble["args"]["members"]))
     version = next(iter(ensemble["args"]["members"][model]["versions"]))
