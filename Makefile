@@ -37,6 +37,7 @@ models: $(INSTALLED)
 SERVE_ENV ?= RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5 RAY_SERVE_HAPROXY_METRICS_ENABLED=0 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2 RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=60 RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.http_callback:middlewares
 
 serve: models
+	$(BIN)/python -m graphs.deploy --check $(GRAPH)
 	$(SERVE_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run $(GRAPH)
 
 # Ray turns token authentication on for the local instance that `make serve` starts (its token in

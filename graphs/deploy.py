@@ -97,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ray dashboard address, as for `serve deploy`")
     parser.add_argument("--timeout-s", type=float, default=600.0,
                         help="seconds the config's applications may take to run before the deploy is undone")
+    parser.add_argument("--check", action="store_true", help="only validate the config (make serve does, first)")
     args = parser.parse_args(argv)
     try:
         target = read_config(args.config)
     except ValueError as invalid:  # pydantic's ValidationError too
         print(f"{args.config} refused, nothing deployed: {invalid}", file=sys.stderr)
         return 2
+    if args.check:
+        return 0
     try:
         deploy(DashboardApi(args.address), target, args.timeout_s)
     except DeployFailed as failed:

@@ -131,3 +131,9 @@ def test_a_config_its_applications_would_refuse_deploys_nothing(tmp_path: Path, 
     # Refused before Serve is reached: no instance answers at this address.
     assert main([str(config), "--address", "http://127.0.0.1:9"]) == 2
     assert message in capsys.readouterr().err
+    assert main([str(config), "--check"]) == 2  # as `make serve` runs it first
+
+
+def test_the_graphs_pass_make_serves_check():
+    for graph in sorted((ROOT / "graphs").glob("*.yaml")):
+        assert main([str(graph), "--check"]) == 0, graph
