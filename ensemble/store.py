@@ -53,9 +53,6 @@ labels = Table(
     Column("received_at", Float, nullable=False),
     Column("status", String(16), nullable=False),  # applied | pending | unknown
 )
-# Pruning finds labels by age, and the unknown ones by status and age.
-LABEL_INDEXES = (Index("labels_received_at", labels.c.received_at),
-                 Index("labels_status_received_at", labels.c.status, labels.c.received_at))
 documents = Table(  # small JSON documents: trust state, splits, rollouts
     "documents",
     metadata,
@@ -72,6 +69,11 @@ events = Table(
     Column("subject", String(128), nullable=False),
     Column("detail", JSON, nullable=False),
 )
+# Added after the tables' first release. Pruning finds labels by age, and the unknown ones by
+# status and age; a member's report reads its own newest events.
+ADDED_INDEXES = (Index("labels_received_at", labels.c.received_at),
+                 Index("labels_status_received_at", labels.c.status, labels.c.received_at),
+                 Index("events_by_subject", events.c.subject, events.c.id))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -130,7 +132,7 @@ class StateStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
-        for index in LABEL_INDEXES:  # create_all leaves the tables of an older store as they were
+        for index in ADDED_INDEXES:  # create_all leaves the tables of an older store as they were
             index.create(self.engine, checkfirst=True)
         self._generation: int | None = None  # claimed by a control plane; others never check
 

@@ -28,6 +28,7 @@ from ensemble.traffic import ChangeRejected, check_shadow, check_split
 
 TRAFFIC_DOCUMENT = "traffic"
 ROLLOUTS_DOCUMENT = "rollouts"
+HISTORY_PER_MEMBER = 200  # the newest transitions each member's report shows
 logger = logging.getLogger(__name__)
 Action = Literal["pause", "resume", "promote", "rollback"]
 
@@ -167,13 +168,13 @@ class TrafficController:
 
     # -- reports ---------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        history = self.store.events(limit=1000)
         traffic = self.snapshot()
+        # Each member's own newest: one busy member's changes must not push another's out.
         return {
             member: {
                 "traffic": traffic[member],
                 "rollout": self.rollouts[member].report() if member in self.rollouts else None,
-                "history": [e for e in history if e["subject"] == member],
+                "history": self.store.events(subject=member, limit=HISTORY_PER_MEMBER),
             }
             for member in self.declared
         }

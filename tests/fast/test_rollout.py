@@ -12,7 +12,8 @@ from ensemble.ledger import Ledger, LedgerSpec
 from ensemble.rollout import CallStats, Rollout, RolloutPlan, VersionWindow, latency_bucket
 from ensemble.store import StateStore, StateStoreError, StateStoreSuperseded
 from ensemble.traffic import ChangeRejected
-from ensemble.traffic_control import Declared, TrafficChange, TrafficController, shares_to_publish
+from ensemble.traffic_control import (HISTORY_PER_MEMBER, Declared, TrafficChange, TrafficController,
+                                      shares_to_publish)
 from ensemble.trust import TrustBook, TrustSpec
 from tests.store_lock import write_locked
 
@@ -73,6 +74,17 @@ def test_good_canary_is_promoted_through_every_step(tmp_path: Path):
     assert rollout.status == "promoted" and "every step passed" in rollout.reason
     kinds = [e["kind"] for e in control.report()["patchtst"]["history"]]
     assert kinds == ["rollout.started", "rollout.advanced", "rollout.advanced", "rollout.promoted"]
+
+
+def test_each_member_reports_its_own_newest_history(tmp_path: Path):
+    control = controller(tmp_path / "s.db", Clock())
+    control.set_traffic("lstm", TrafficChange(shadow={}))
+    for i in range(1000):  # a script busy with patchtst's split
+        control.set_traffic("patchtst", TrafficChange(split={"v1": 1 - i % 2, "v2": i % 2}))
+    report = control.report()
+    assert [e["detail"]["reason"] for e in report["lstm"]["history"]] == ["set through the admin API"]
+    history = report["patchtst"]["history"]
+    assert len(history) == HISTORY_PER_MEMBER and history[-1]["detail"]["split"] == {"v1": 0, "v2": 1}
 
 
 def test_bad_canary_is_rolled_back_at_the_first_gate(tmp_path: Path):
