@@ -24,6 +24,7 @@ import random
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -398,6 +399,13 @@ class DirectMember:
         for known, when in list(self._chosen.items()):
             if self._refreshes - when > self._forget_after:
                 del self._chosen[known]
+        # Replicas come and go for as long as the router runs (autoscaling, deploys): what the
+        # gone ones left must not pile up. One named again connects anew.
+        for gone in [e for e in self._connections if e not in self._chosen and not self._in_flight.get(e)]:
+            self._connections.pop(gone).close()
+        now = time.monotonic()
+        for endpoint in [e for e, until in self._skip_until.items() if until <= now]:
+            del self._skip_until[endpoint]
 
     async def _endpoint(self) -> Endpoint | None:
         now = time.monotonic()
@@ -429,24 +437,33 @@ class DirectMember:
         if task is None:  # concurrent calls share one connection attempt
             loop = asyncio.get_running_loop()
             task = self._connecting[endpoint] = loop.create_task(self._open(endpoint))
-            task.add_done_callback(lambda _: self._connecting.pop(endpoint, None))
+            task.add_done_callback(partial(self._opened, endpoint))
         try:
-            connection = await asyncio.shield(task)
+            return await asyncio.shield(task)
         except OSError:
             self._skip_until[endpoint] = time.monotonic() + RETRY_AFTER_S
             self._chosen.pop(endpoint, None)  # nothing listens there: known again only if Serve names it again
             if self._lost:
                 self._lost.add(endpoint)
             return None
-        self._connections[endpoint] = connection
-        return connection
+
+    def _opened(self, endpoint: Endpoint, task: asyncio.Task[ChannelConnection]) -> None:
+        # Kept here, not by the calls awaiting it: every one of them may have given up (their
+        # deadline) before a slow connect ended, and the connection would be open and unknown.
+        self._connecting.pop(endpoint, None)
+        if not task.cancelled() and task.exception() is None:
+            self._connections[endpoint] = task.result()
 
     @staticmethod
     async def _open(endpoint: Endpoint) -> ChannelConnection:
         _, connection = await asyncio.get_running_loop().create_connection(ChannelConnection, endpoint.host,
                                                                            endpoint.port)
         if endpoint.same_node:
-            await connection.share_memory()
+            try:
+                await connection.share_memory()
+            except BaseException:  # cancelled (the caller closing): no one else would close it
+                connection.close()
+                raise
         return connection
 
     def replicas(self) -> int:

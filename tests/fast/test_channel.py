@@ -170,9 +170,43 @@ def test_a_replica_serve_stops_choosing_is_forgotten():
         answered = old.answered
         await asyncio.gather(*(member.predict(windows(1)) for _ in range(10)))
         assert old.answered == answered and member.replicas() == 1
+        # Its connection is closed and dropped, as each gone replica's would be for as long as the router runs.
+        assert list(member._connections) == [choices.endpoints[1]]
         member.close()
         old.close()
         new.close()
+
+    run(scenario())
+
+
+def test_a_connection_that_opens_after_its_calls_gave_up_is_kept_and_closed_with_the_member(
+        monkeypatch: pytest.MonkeyPatch):
+    release = asyncio.Event()
+    opened = []
+    open_now = DirectMember._open
+
+    async def slow_open(endpoint: Endpoint):  # a replica whose loop is busy when the connection comes
+        await release.wait()
+        opened.append(await open_now(endpoint))
+        return opened[-1]
+
+    monkeypatch.setattr(DirectMember, "_open", staticmethod(slow_open))
+
+    async def scenario() -> None:
+        server = ChannelServer(row_sums)
+        member = DirectMember(Choices(await on_this_node(server)), Fallback())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await member.predict(windows(1))
+        release.set()
+        while not opened or member._connecting:  # the attempt ends with no call waiting for it
+            await asyncio.sleep(0.001)
+        assert np.allclose(await member.predict(windows(3)), windows(3).sum(axis=(1, 2)))
+        assert len(opened) == 1 and list(member._connections.values()) == opened  # used, not opened again
+        member.close()
+        while not opened[0].closed:  # its transport reports the close on the loop's next turn
+            await asyncio.sleep(0.001)
+        server.close()
 
     run(scenario())
 
