@@ -162,7 +162,8 @@ class PredictAhead:
         # Serve answers 500 where a header it decodes is not UTF-8: the client's error, so a 400.
         if scope["type"] == "http" and (name := not_utf8(scope["headers"])) is not None:
             detail = f"header {name.decode('latin-1')}: its value is not UTF-8"
-            await send_json(send, 400, json.dumps({"detail": detail}).encode())
+            await send_json(send, 400, json.dumps({"detail": detail}).encode(),
+                            ((REQUEST_ID, request_id(scope["headers"])),))
             return
         await self.app(scope, receive, send)
 

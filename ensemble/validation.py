@@ -7,6 +7,7 @@ field once something is known to be wrong.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -87,6 +88,9 @@ def new_request_id() -> str:
 def load_json(body: bytes, max_body_bytes: int) -> Any:
     if len(body) > max_body_bytes:
         raise RequestError(413, f"body: {len(body)} bytes exceeds the limit of {max_body_bytes}")
+    # JSON parsers may ignore a byte order mark (RFC 8259); the fast path's simdjson does, and
+    # both paths must take the same bodies. orjson refuses it.
+    body = body.removeprefix(codecs.BOM_UTF8)
     if not body:
         raise RequestError(400, "body: empty; send a JSON object")
     try:

@@ -147,6 +147,8 @@ def test_a_header_value_serve_cannot_decode_is_400_not_500(router, path):
     seen, (start, body) = _request("POST", path, [(b"x-request-id", b"a\xffb")])
     assert not seen and start["status"] == 400
     assert json.loads(body["body"]) == {"detail": "header x-request-id: its value is not UTF-8"}
+    seen, (start, body) = _request("POST", path, [(b"x-request-id", b"trace-8"), (b"traceparent", b"a\xffb")])
+    assert not seen and start["status"] == 400 and dict(start["headers"])[b"x-request-id"] == b"trace-8"
     for other in ((b"x-session-id", "café".encode()), (b"user-agent", b"caf\xe9")):  # UTF-8, or not Serve's
         (headers,), sent = _request("POST", path, [other])
         assert not sent

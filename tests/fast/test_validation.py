@@ -1,4 +1,6 @@
 """Request validation: every kind of bad input is a 4xx naming the field, never an exception."""
+import codecs
+
 import numpy as np
 import orjson
 import pytest
@@ -166,6 +168,17 @@ def test_numbers_in_every_json_spelling_read_alike():
     rows = [f"[{','.join(['1E+2', '-0', '0.000000001', '3.4028234e38', '-1.5e-45', '123456789012', '7', '2.5e-3'])}]"]
     raw = ('{"window":[' + ",".join(rows * T) + "]}").encode()
     same_input(_parse_usual(raw, LIMITS), _parse_any(raw, LIMITS))
+
+
+def test_a_byte_order_mark_is_ignored_by_both_parsers():
+    from ensemble.validation import _parse_any, _parse_usual
+
+    usual = codecs.BOM_UTF8 + body({"window": window(), "request_id": "r1"})
+    same_input(_parse_usual(usual, LIMITS), _parse_any(usual, LIMITS))
+    unusual = b'{"window": 1, "window": ' + body(window()) + b"}"  # left to the full parser
+    same_input(parse_predict(codecs.BOM_UTF8 + unusual, LIMITS), parse_predict(unusual, LIMITS))
+    with pytest.raises(RequestError, match="empty"):
+        parse_predict(codecs.BOM_UTF8, LIMITS)
 
 
 @pytest.mark.parametrize(
