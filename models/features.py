@@ -33,6 +33,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 MIN_WINDOW = max(HORIZONS) + 1
 _HORIZON_COLUMNS = -1 - np.array(HORIZONS)
 _STD_COLUMNS = np.array(STD_SPANS) - 1
+_TINY = np.finfo(np.float64).tiny  # keeps log() and a ratio finite at 0, whatever the prices' scale
 
 
 def engineer(batch: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ def engineer(batch: np.ndarray) -> np.ndarray:
     cost is numpy's per-call overhead, and this runs on every tree prediction.
     """
     # float64 for differences of nearby log prices; only the columns read in full are converted.
-    log_close = np.log(np.maximum(batch[:, -MIN_WINDOW:, CLOSE].astype(np.float64), 1e-12))
+    log_close = np.log(np.maximum(batch[:, -MIN_WINDOW:, CLOSE].astype(np.float64), _TINY))
     log_volume = np.log(np.maximum(batch[:, :, VOLUME].astype(np.float64), 1.0))
     last = batch[:, -1].astype(np.float64)
     close, high, low, volatility = last[:, CLOSE : CLOSE + 1], last[:, HIGH], last[:, LOW], last[:, VOLATILITY]
@@ -62,7 +63,7 @@ def engineer(batch: np.ndarray) -> np.ndarray:
         np.stack([
             stds[:, 0] / (stds[:, -1] + 1e-9),
             (high - low) / close[:, 0],
-            (close[:, 0] - low) / np.maximum(high - low, 1e-12),
+            (close[:, 0] - low) / np.maximum(high - low, _TINY),
             volume_z[:, -1],
             volume_z.mean(axis=1),
             volatility,

@@ -21,7 +21,8 @@ from torch import nn
 from models.data import CLOSE, HIGH, LOW, MACD, MOMENTUM, N_FEATURES, RSI, VOLATILITY, VOLUME, WINDOW
 
 N_INPUTS = 9  # channels out of `normalise`
-_EPS = 1e-8
+# Only keeps log() finite at 0: prices of a few 1e-9 are real (some tokens), and a larger floor flattened them.
+_EPS = float(torch.finfo(torch.float32).tiny)
 
 
 def window_scale(x: torch.Tensor) -> torch.Tensor:

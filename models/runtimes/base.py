@@ -105,9 +105,11 @@ def non_finite_windows(windows: np.ndarray) -> np.ndarray | None:
     """Which windows hold a NaN or an infinity (bool [B]), or None where none does: for callers
     that did not validate their windows (the router does), whose such windows should get NaN
     ("no prediction") without reaching the model: a tree predicted a confident 0.00275 for a
-    window of NaN."""
-    if np.isfinite(windows.sum()):  # one pass; a sum past float32 alone is checked row by row
-        return None
+    window of NaN. Checked as the runtime reads them: a float64 past float32's range is inf there."""
+    with np.errstate(over="ignore"):  # overflows are what is looked for
+        windows = np.asarray(windows, dtype=np.float32)
+        if np.isfinite(windows.sum()):  # one pass; a sum past float32 alone is checked row by row
+            return None
     bad = ~np.isfinite(windows).all(axis=(1, 2))
     return bad if bad.any() else None
 

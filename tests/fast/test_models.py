@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from models.data import FEATURES, WINDOW, generate_market, make_windows, sample_windows
+from models.data import CLOSE, FEATURES, HIGH, LOW, MACD, WINDOW, generate_market, make_windows, sample_windows
 from models.errors import ArtifactIntegrityError, InputShapeError, ModelLoadError
 from models.features import FEATURE_NAMES, engineer
 from models.nets import NETS, build_net, export_onnx
@@ -50,6 +50,18 @@ def test_a_window_without_a_finite_prediction_is_nan_alone(repo: Path, model: st
     assert np.isfinite(out[[0, 2]]).all() and (np.isfinite(out[1]) or np.isnan(out[1]))
 
 
+@pytest.mark.parametrize("model, version", PAIRS)
+def test_predictions_do_not_depend_on_the_prices_scale(repo: Path, model: str, version: str):
+    """Returns are scale-free: tokens priced at 1e-9 get what the same market at 100 gets."""
+    runtime = load_runtime(repo, model, version)
+    windows = sample_windows(4, seed=5).astype(np.float64)
+    base = runtime.predict(windows.astype(np.float32))
+    for scale in (1e-12, 1e-20, 1e6):
+        scaled = windows.copy()
+        scaled[:, :, [CLOSE, HIGH, LOW, MACD]] *= scale  # MACD is in price units
+        np.testing.assert_allclose(runtime.predict(scaled.astype(np.float32)), base, rtol=2e-3, atol=1e-6)
+
+
 def test_windows_with_nan_or_inf_in_them_are_found_row_by_row():
     """Such windows get no prediction where a caller did not validate them (deployments.model)."""
     windows = sample_windows(4, seed=3)
@@ -57,6 +69,9 @@ def test_windows_with_nan_or_inf_in_them_are_found_row_by_row():
     windows[1, 5, 2], windows[2] = np.nan, -np.inf
     assert non_finite_windows(windows).tolist() == [False, True, True, False]
     assert non_finite_windows(np.full((2, 128, 8), 3e38, dtype=np.float32)) is None  # the sum overflows, no row does
+    wide = sample_windows(2, seed=3).astype(np.float64)  # a handle caller's numpy default
+    wide[0, 5, 2] = 1e39  # finite here, inf as the model reads it
+    assert non_finite_windows(wide).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("model, version", PAIRS)
