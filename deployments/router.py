@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -57,6 +57,8 @@ POLL_WAIT_S = 5.0
 # stopped, in a test run on two cores. With the whole application stopping it waits in vain.
 FINAL_FLUSH_S = 10.0
 MEMBER_POLL_S = 0.5  # how often a starting router asks Serve whether its member applications run
+INFO_WAIT_S = 2.0  # how long readyz and /v1/members wait for a member version's info
+RETRY_PAUSE_S = 0.5  # between a starting or stopping router's tries to reach the control plane
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 413, 422, 503)}
 ADMIN_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 409, 422, 503)}
@@ -215,6 +217,17 @@ class RouterMetrics:
         return timed_call
 
 
+async def retried(attempt: Callable[[], Awaitable[bool]], wait_s: float) -> bool:
+    """Run `attempt` until it returns True, RETRY_PAUSE_S apart, for at most `wait_s`; whether it did."""
+    try:
+        async with asyncio.timeout(wait_s):
+            while not await attempt():
+                await asyncio.sleep(RETRY_PAUSE_S)
+    except TimeoutError:
+        return False
+    return True
+
+
 async def wait_for_member_apps(names: list[str], wait_s: float) -> None:
     """Return once every named application runs or has failed, or after wait_s.
 
@@ -344,10 +357,11 @@ class EnsembleRouter:
         # requests have drained: ship the predictions not yet shipped, so that their labels still
         # join, then close the member connections cleanly.
         if hasattr(self, "_shipping"):  # absent if __init__ failed early
-            try:
-                await asyncio.wait_for(self._flush_log(), FINAL_FLUSH_S)
-            except TimeoutError:
-                logger.warning("control plane unreachable while stopping: the predictions not yet shipped are not logged")
+            if not await retried(self._flushed, FINAL_FLUSH_S):
+                logger.warning("control plane unreachable while stopping: %d predictions not yet shipped are not "
+                               "logged", len(self._log_rows))
+                if self._log_rows:
+                    self.dropped_log_rows.inc(len(self._log_rows))
         for direct in getattr(self, "_direct", ()):  # absent if __init__ failed early
             direct.close()
         session = getattr(self, "_session", None)
@@ -355,11 +369,21 @@ class EnsembleRouter:
             await session.close()
 
     async def _first_snapshot(self, wait_s: float) -> None:
-        try:
-            await asyncio.wait_for(self._poll_control(0.0), wait_s)
-        except Exception:  # noqa: BLE001 - serve with the priors and the config's traffic meanwhile
+        if not await retried(self._snapshot_taken, wait_s):
             logger.warning("no answer from the control plane within %.0f s; serving with the priors and the "
-                           "config's traffic until it answers", wait_s, exc_info=True)
+                           "config's traffic until it answers", wait_s)
+
+    async def _snapshot_taken(self) -> bool:
+        try:
+            await self._poll_control(0.0)
+        except Exception:  # noqa: BLE001 - a control plane starting or being replaced: try again
+            logger.info("the control plane did not answer; trying again", exc_info=True)
+            return False
+        return True
+
+    async def _flushed(self) -> bool:
+        await self._flush_log()
+        return not self._log_rows and not self._shadow_rows
 
     async def _follow_control(self) -> None:
         """Long-poll the control plane so a change reaches this replica as soon as it happens."""
@@ -384,7 +408,10 @@ class EnsembleRouter:
     async def _ship_log(self) -> None:
         while True:
             await asyncio.sleep(self.args.router.log_flush_s)
-            await self._flush_log()
+            try:
+                await self._flush_log()
+            except Exception:  # noqa: BLE001 - no one shipment's error may stop the shipping for good
+                logger.exception("shipping the prediction log failed")
 
     async def _flush_log(self) -> None:
         async with self._shipping:
@@ -405,7 +432,8 @@ class EnsembleRouter:
             # The control plane received them and failed on them: sending them again would fail
             # the same way and hold up every later row behind them.
             logger.exception("the prediction log refused %d predictions; dropped", len(rows))
-            self.dropped_log_rows.inc(len(rows))
+            if rows:  # Ray's counters refuse an increment of 0: a shipment of shadow outputs alone
+                self.dropped_log_rows.inc(len(rows))
             return
         except Exception:  # noqa: BLE001 - put them back and try again; never fail a request for it
             logger.warning("could not ship %d predictions to the log", len(rows), exc_info=True)
@@ -519,7 +547,7 @@ class EnsembleRouter:
     async def readyz(self) -> Response:
         names = [(model, version) for model, versions in self._info.items() for version in versions]
         pings = [self._info[model][version]() for model, version in names]
-        done = await asyncio.gather(*(asyncio.wait_for(p, 2.0) for p in pings), return_exceptions=True)
+        done = await asyncio.gather(*(asyncio.wait_for(p, INFO_WAIT_S) for p in pings), return_exceptions=True)
         not_ready = [deployment_name(m, v) for (m, v), r in zip(names, done) if isinstance(r, BaseException)]
         if not_ready:
             return json_response({"detail": f"not ready: {', '.join(not_ready)}"}, 503)
@@ -527,8 +555,9 @@ class EnsembleRouter:
 
     @app.get("/v1/members", summary="Deployed member versions, their traffic splits and manifests")
     async def describe_members(self) -> Response:
+        # As readyz: a version that does not answer (still deploying, stuck) holds no one's answer.
         infos = await asyncio.gather(
-            *(info() for versions in self._info.values() for info in versions.values()),
+            *(asyncio.wait_for(info(), INFO_WAIT_S) for versions in self._info.values() for info in versions.values()),
             return_exceptions=True,
         )
         by_name = {info["deployment"]: info for info in infos if isinstance(info, dict)}

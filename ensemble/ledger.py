@@ -106,7 +106,9 @@ class Ledger:
         latest answer); a shadow row adds a mirrored version's output to its request's row, now
         or, where that row comes in a later batch, then.
         """
-        rows = [(rid, created, {**members, **self._early_shadows.pop(rid, {})}) for rid, created, members in rows]
+        # Dropped only once stored: a store that fails has the router send its rows again, without them.
+        early = {rid: self._early_shadows[rid] for rid, _, _ in rows if rid in self._early_shadows}
+        rows = [(rid, created, {**members, **early.get(rid, {})}) for rid, created, members in rows]
         for rid, created, members in rows:
             self._recent[rid] = (created, members)
             self._recent.move_to_end(rid)
@@ -127,8 +129,13 @@ class Ledger:
         waiting = {rid: self._recent[rid][1] for rid, _, _ in rows if rid in self._pending}
         self._evict()
         self._logged += self.store.log_predictions([*rows, *merged])
-        if not waiting:
-            return FeedbackReport()
+        report = self._join_waiting(waiting) if waiting else FeedbackReport()
+        for rid in early:
+            self._early_shadows.pop(rid, None)
+        return report
+
+    def _join_waiting(self, waiting: dict[str, dict[str, float]]) -> FeedbackReport:
+        """Apply the pending labels of predictions that just came (request id -> members' predictions)."""
         report = FeedbackReport()
         joined, changes = [], {}
         with self._all_or_nothing():

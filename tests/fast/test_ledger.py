@@ -260,6 +260,28 @@ def test_a_shadow_output_shipped_before_its_requests_prediction_is_scored(tmp_pa
     assert ledger(tmp_path / "s.db", clock).store.logged_predictions(["r1"], 0.0)["r1"][1] == {"a-v1": 0.5, "b-v1": 1.0}
 
 
+@pytest.mark.parametrize("failing", ["log_predictions", "save_labels"])
+def test_an_early_shadow_output_outlasts_a_store_that_fails_to_log_its_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str):
+    """The router sends its rows again, without the shadow outputs it shipped before."""
+    clock = Clock()
+    book = ledger(tmp_path / "s.db", clock, join_grace_s=60)
+    book.feedback([("r1", 1.0)])  # waiting: its join is saved after the row is logged
+    book.record([], shadow_rows=[("r1", clock.now, {"b-v1": 1.0})])
+    row = ("r1", clock.now, {"a-v1": 0.5})
+
+    def fails(*_: object) -> None:
+        raise StateStoreError("the state store failed: database is locked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(book.store, failing, fails)
+        with pytest.raises(StateStoreError):
+            book.record([row])
+    assert book.record([row]).applied == 1
+    assert book.trust.stats["a-v1"].labels == 1 and book.trust.stats["b-v1"].labels == 1
+    assert book.store.logged_predictions(["r1"], 0.0)["r1"][1] == {"a-v1": 0.5, "b-v1": 1.0}
+
+
 def test_a_control_plane_replaced_while_it_drains_writes_nothing_over_its_successor(tmp_path: Path):
     """Serve starts the new control plane while the old one still drains: the old one's labels
     would be marked applied while its trust document, written last or overwritten, lost them."""

@@ -5,9 +5,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import MethodType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 import orjson
+from ray.exceptions import RayTaskError
+from ray.util import metrics
 
 from deployments.http_callback import answer_asgi
 from deployments.router import EnsembleRouter
@@ -106,3 +109,108 @@ def test_a_predict_client_that_leaves_mid_body_is_counted_as_499_and_sent_nothin
         return router.metrics.counts, sent
 
     assert asyncio.run(scenario()) == ([(499, 0)], [])
+
+
+class FlakyLog:
+    """A control plane whose first answers to `record` are `first` (False: its store failed; an
+    exception: it failed on the rows), then stores."""
+
+    def __init__(self, *first: bool | Exception) -> None:
+        self.first = list(first)
+        self.stored: list[tuple] = []
+        self.shadows: list[tuple] = []
+        self.record = SimpleNamespace(remote=self._record)
+
+    async def _record(self, rows: list[tuple], shadow_rows: list[tuple], calls: dict) -> bool:
+        if self.first:
+            answer = self.first.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        self.stored.extend(rows)
+        self.shadows.extend(shadow_rows)
+        return True
+
+
+def bound(router: SimpleNamespace, *names: str) -> SimpleNamespace:
+    """`router` with the router's methods `names`, as it would call them on itself."""
+    for name in names:
+        setattr(router, name, MethodType(getattr(Router, name), router))
+    return router
+
+
+def shipping_router(control: object, rows: int = 0, shadow_rows: int = 0) -> SimpleNamespace:
+    router = SimpleNamespace()
+    router.args = SimpleNamespace(router=SimpleNamespace(log_flush_s=0.01))
+    router.metrics = SimpleNamespace(publish=lambda: None)
+    router.dropped_log_rows = metrics.Counter("test_prediction_log_dropped", "Ray's counter: it refuses inc(0).")
+    router.control, router._calls, router._shipping = control, CallStats(), asyncio.Lock()
+    router._log_rows = [(f"r{i}", 0.0, {"a-v1": 0.0}) for i in range(rows)]
+    router._shadow_rows = [(f"s{i}", 0.0, {"a-v2": 0.0}) for i in range(shadow_rows)]
+    return bound(router, "_ship_log", "_flush_log", "_ship", "_flushed")
+
+
+def test_a_refused_shipment_of_shadow_outputs_alone_leaves_the_log_shipping():
+    async def scenario() -> int:
+        control = FlakyLog(RayTaskError("record", "Traceback: refused", RuntimeError("refused")))
+        router = shipping_router(control, shadow_rows=1)
+        shipping = asyncio.create_task(router._ship_log())
+        await until(lambda: not control.first)
+        router._log_rows.extend((f"later{i}", 0.0, {"a-v1": 0.0}) for i in range(3))
+        await until(lambda: len(control.stored) == 3 or shipping.done())
+        shipping.cancel()
+        return len(control.stored)
+
+    assert asyncio.run(scenario()) == 3
+
+
+def test_a_stopping_router_tries_again_until_its_predictions_are_shipped():
+    async def scenario() -> tuple[int, int]:
+        control = FlakyLog(False, ConnectionError("replaced"))  # its store failed, then it was replaced
+        router = shipping_router(control, rows=40, shadow_rows=2)
+        await Router.__del__(router)
+        return len(control.stored), len(control.shadows)
+
+    assert asyncio.run(scenario()) == (40, 2)
+
+
+def test_a_starting_router_asks_a_control_plane_that_failed_once_again():
+    async def scenario() -> dict:
+        answers: list[dict | Exception] = [ConnectionError("its replica died"), {
+            "epoch": 7, "weights": {"a-v2": 1.0}, "traffic": {"a": {"split": {"v2": 1.0}, "shadow": {}}}}]
+
+        async def snapshot(epoch: int, wait_s: float) -> dict:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        router = bound(SimpleNamespace(), "_snapshot_taken", "_poll_control")
+        router.control = SimpleNamespace(snapshot=SimpleNamespace(remote=snapshot))
+        router.predictor = EnsemblePredictor({"a": {"v1": None, "v2": None}}, {"a": {"split": {"v1": 1.0}}},
+                                             lambda: {}, 0.2, 64, 1)
+        router._epoch, router._applied, router.weights = -1, router.predictor.traffic(), {}
+        await Router._first_snapshot(router, 60.0)
+        return router.predictor.traffic()["a"]["split"]
+
+    assert asyncio.run(scenario()) == {"v2": 1.0}
+
+
+def test_members_that_do_not_answer_are_reported_unavailable_in_time(monkeypatch):
+    monkeypatch.setattr("deployments.router.INFO_WAIT_S", 0.05)
+
+    async def scenario() -> dict:
+        async def answers() -> dict:
+            return {"deployment": "a-v1", "runtime": "xgboost"}
+
+        async def stuck() -> dict:  # a version still deploying: Serve holds the call
+            await asyncio.sleep(3600)
+
+        router = SimpleNamespace()
+        router._info = {"a": {"v1": answers, "v2": stuck}}
+        router.args = SimpleNamespace(members={"a": SimpleNamespace(prior=1.0, versions={"v1": {}, "v2": {}})})
+        router.predictor = SimpleNamespace(traffic=lambda: {"a": {"split": {"v1": 1.0}, "shadow": {}}})
+        async with asyncio.timeout(5):
+            return orjson.loads((await Router.describe_members(router)).body)["a"]["versions"]
+
+    assert asyncio.run(scenario()) == {"v1": {"deployment": "a-v1", "runtime": "xgboost"}, "v2": {"error": "unavailable"}}
