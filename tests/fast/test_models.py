@@ -150,6 +150,24 @@ def test_a_tree_predicts_through_onnx_runtime_what_its_framework_predicts(repo: 
     np.testing.assert_allclose(runtime.predict(windows), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_lightgbm_through_onnx_runtime_splits_features_equal_to_its_thresholds_as_lightgbm(repo: Path, version: str):
+    """ONNX holds the thresholds in float32: a feature equal to one rounded up must not go the other way."""
+    runtime = load_runtime(repo, "lightgbm", version)
+    splits, nodes = [], [tree["tree_structure"] for tree in runtime.booster.dump_model()["tree_info"]]
+    while nodes:
+        node = nodes.pop()
+        if "split_feature" in node:
+            splits.append((node["split_feature"], np.float32(node["threshold"])))
+            nodes += [node["left_child"], node["right_child"]]
+    features = np.repeat(engineer(sample_windows(8, seed=21)), len(splits), axis=0)
+    for row, (feature, threshold) in enumerate(splits * 8):
+        features[row, feature] = threshold  # each split reached by some of the eight paths
+    expected = runtime.framework_predict(features)
+    np.testing.assert_allclose(np.ravel(runtime.features_predict(features)), expected, rtol=1e-5,
+                               atol=1e-6 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("conversion", ["fails", "disagrees"])
 @pytest.mark.parametrize("model", ["xgboost", "lightgbm"])
 def test_a_tree_whose_conversion_fails_or_disagrees_is_predicted_by_its_framework(
