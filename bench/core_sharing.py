@@ -130,14 +130,15 @@ def router_of(server: Server) -> psutil.Process:
 def measure(server: Server, script: Path, seconds: float) -> dict[str, Any]:
     """One point at CONNECTIONS: throughput, the router's CPU per answer."""
     router = router_of(server)
-    before = router.cpu_times()
+    before, started = router.cpu_times(), time.monotonic()
     result = run_wrk(WrkRun(server.url, CONNECTIONS, seconds, 2, script))
-    after = router.cpu_times()
+    # The wall time the router's CPU was read over: wrk runs whole seconds, and starts and stops.
+    after, wall_s = router.cpu_times(), time.monotonic() - started
     answers = max(1, result["requests"])
-    return {"rps": round(result["requests"] / seconds), "router_user_ms": 1000 * (after.user - before.user) / answers,
+    return {"rps": round(result["rps"]), "router_user_ms": 1000 * (after.user - before.user) / answers,
             "router_system_ms": 1000 * (after.system - before.system) / answers,
-            "router_cores": (after.user + after.system - before.user - before.system) / seconds,
-            "requests": result["requests"]}
+            "router_cores": (after.user + after.system - before.user - before.system) / wall_s,
+            "requests": result["requests"], "wall_s": wall_s}
 
 
 @contextmanager
@@ -159,7 +160,7 @@ def members_point(n: int, seconds: float, script: Path, body: bytes, log_dir: Pa
         before = member_calls(server, names)
         point = measure(server, script, seconds)
         calls = {name: count - before[name] for name, count in member_calls(server, names).items()}
-        point["calls_per_s"] = {name: round(count / seconds) for name, count in calls.items()}
+        point["calls_per_s"] = {name: round(count / point["wall_s"]) for name, count in calls.items()}
         point["rows_per_call"] = {name: round(point["requests"] / count, 1) for name, count in calls.items() if count}
         # The trace runs under load of its own, after the measured point.
         with subprocess.Popen(WrkRun(server.url, CONNECTIONS, TRACE_S + 2, 2, script).command(),
@@ -206,7 +207,7 @@ def ghost_rounds(rounds: int, seconds: float, script: Path, body: bytes, log_dir
                         raise RuntimeError("a ghost did not load its runtime within 60 s")
                 cpu_before = cpu_seconds(ghosts)
                 point = measure(server, script, seconds)
-                point["ghost_cores"] = (cpu_seconds(ghosts) - cpu_before) / seconds
+                point["ghost_cores"] = (cpu_seconds(ghosts) - cpu_before) / point["wall_s"]
                 stop.set()
                 for process in ghosts:
                     process.join(10)

@@ -37,7 +37,7 @@ def summarize(wrk: dict[str, Any], cpu_s: float, peak_rss_mb: float, connections
         "p99_ms": lat["p99"],
         "max_ms": lat.get("max"),
         "cpu_s": cpu_s,
-        "cpu_ms_per_req": 1000 * cpu_s / wrk["requests"] if wrk["requests"] else None,
+        "cpu_ms_per_req": 1000 * cpu_s / answered if (answered := wrk["requests"] - wrk["non2xx"]) else None,
         "peak_rss_mb": peak_rss_mb,
         "non2xx": wrk["non2xx"],
         "statuses": wrk.get("statuses", {}),
@@ -74,10 +74,16 @@ def winner(runs: list[Run]) -> str | None:
     return best["settings"] if best else None
 
 
+RAY_SYSTEMS = ("noop", "naive", "ensemble")  # run under each ingress setting
+
+
 def run_for(runs: list[Run], system: str, settings: str | None) -> Run | None:
-    """`system`'s run under `settings`, else its only (non-Ray) run."""
+    """A Ray system's run under `settings` (None where that part failed: never another setting's),
+    else the system's only run."""
     found = runs_of(runs, system)
-    return next((r for r in found if r["settings"] == settings), found[0] if len(found) == 1 else None)
+    if system in RAY_SYSTEMS:
+        return next((r for r in found if r["settings"] == settings), None)
+    return found[0] if len(found) == 1 else None
 
 
 def main_rows(runs: list[Run]) -> list[tuple[str, Run, Point]]:
@@ -191,11 +197,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def point_cells(p: Point) -> list[str]:
-    return [_fmt(p[m], spec) for m, _, spec in METRICS] + [str(p["non2xx"] + p["socket_errors"]),
+    return [_fmt(p[m], spec) for m, _, spec in METRICS] + [str(p["requests"]), str(p["non2xx"] + p["socket_errors"]),
                                                            _fmt(p.get("other_cpu_s"), "{:.1f}")]
 
 
-POINT_HEADER = [h for _, h, _ in METRICS] + ["errors", "others' CPU s"]
+# req/s and CPU ms/req count answers with a 2xx status; the latencies, every answer ("answers", of
+# which "errors" failed): a p99 rests on its answers' slowest hundredth.
+POINT_HEADER = [h for _, h, _ in METRICS] + ["answers", "errors", "others' CPU s"]
 VERDICT = {True: "yes", False: "**no**", None: "not measured"}
 
 
@@ -210,15 +218,15 @@ def markdown(results: dict[str, Any]) -> str:
               table(["conns", "system", "vs", *[h for _, h, _ in METRICS]],
                     [[str(r["connections"]), SYSTEMS[r["system"]], r["vs"],
                       *[_fmt(r[m], "{:.2f}x") for m, _, _ in METRICS]] for r in ratios(runs)])]
-    ray_runs = [r for r in runs if r["system"] in ("noop", "naive", "ensemble")]
+    ray_runs = [r for r in runs if r["system"] in RAY_SYSTEMS]
     parts += ["", "### Ray Serve ingress settings side by side", "",
               table(["system", "ingress", "conns", *POINT_HEADER],
                     [[SYSTEMS[r["system"]], r["settings"], str(p["connections"]), *point_cells(p)]
                      for r in ray_runs for p in r["points"]])]
     if deadline := results.get("deadline"):
         parts += ["", "### Deadline (one member stalled 200 ms, router deadline 25 ms)", "",
-                  table(["conns", *POINT_HEADER, "requests", "degraded answers", "answers by status"],
-                        [[str(p["connections"]), *point_cells(p), str(p["requests"]), str(p["marked"]),
+                  table(["conns", *POINT_HEADER, "degraded answers", "answers by status"],
+                        [[str(p["connections"]), *point_cells(p), str(p["marked"]),
                           ", ".join(f"{code}: {n}" for code, n in sorted(p["statuses"].items()))]
                          for p in deadline["points"]])]
     if members := results.get("members"):

@@ -132,7 +132,9 @@ def parse_wrk_json(text: str) -> dict[str, Any] | None:
     return {
         "requests": raw["requests"],
         "duration_s": duration_s,
-        "rps": raw["requests"] / duration_s if duration_s else 0.0,
+        # Answers with a 2xx status: a server failing fast must not look fast. wrk's `requests`
+        # counts every response, and its latencies cover them all (the non2xx count says how many failed).
+        "rps": (raw["requests"] - raw["non2xx"]) / duration_s if duration_s else 0.0,
         "bytes": raw["bytes"],
         "non2xx": raw["non2xx"],
         "marked": raw["marked"],

@@ -53,6 +53,16 @@ def results() -> dict:
 def test_summarize_derives_cpu_per_request() -> None:
     p = point(16, 100.0, cpu=8.0)
     assert p["requests"] == 800 and p["cpu_ms_per_req"] == pytest.approx(10.0)
+    failing = report.summarize({**p, "latency_ms": {"p50": 1.0, "p99": 2.0}, "non2xx": 400}, 8.0, 500.0, 16)
+    assert failing["cpu_ms_per_req"] == pytest.approx(20.0)  # per answer with a 2xx status
+
+
+def test_a_ray_systems_part_that_failed_is_not_measured_by_another_setting(results: dict) -> None:
+    """The naive fan-out under the winner failed; its run under the default setting is 2.5x slower."""
+    runs = [r for r in results["runs"] if r["system"] != "naive"] + [run("naive", "default", {1: 40, 64: 80})]
+    verdicts = {t["target"].split(" at ")[0]: t for t in report.targets({**results, "runs": runs})}
+    assert verdicts["ensemble / naive fan-out (2) throughput"]["met"] is None
+    assert report.run_for(runs, "fastapi", "haproxy")["settings"] == "uvicorn"  # a peer's only run
 
 
 def test_the_winner_is_the_ensembles_fastest_setting_at_the_most_connections(results: dict) -> None:

@@ -34,11 +34,11 @@ def wrk_output(requests: int = 1000, duration_us: int = 2_000_000, non2xx: int =
 
 
 def test_parse_wrk_reads_the_json_line_in_seconds_and_milliseconds() -> None:
-    parsed = parse_wrk(wrk_output(non2xx=3))
-    assert parsed["rps"] == pytest.approx(500.0)
+    parsed = parse_wrk(wrk_output(non2xx=300))
+    assert parsed["requests"] == 1000 and parsed["rps"] == pytest.approx(350.0)  # the 2xx answers, per second
     assert parsed["latency_ms"]["p50"] == pytest.approx(1.5)
     assert parsed["latency_ms"]["p99"] == pytest.approx(1.99)
-    assert parsed["non2xx"] == 3 and parsed["marked"] == 7
+    assert parsed["non2xx"] == 300 and parsed["marked"] == 7
     assert parsed["socket_errors"] == 3  # connect, read, write, timeout; status is wrk's non-2xx count
     assert [q for q, _ in parsed["cdf_ms"]] == sorted(float(p) for p in PERCENTILES)
 
